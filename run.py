@@ -1,0 +1,227 @@
+"""LatentMAS-KV: one entry point for baseline, text_mas and latent_mas runs.
+
+    python run.py --method latent_mas --task gsm8k --max_samples 5
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from registry import DEFAULT_MODEL, EMBEDDED_MODELS, METHODS, TASKS
+
+# flags that may change on --resume without changing results
+RUNTIME_FLAGS = ("device", "verbose", "generate_bs", "resume", "attn_implementation")
+
+
+class CleanParser(argparse.ArgumentParser):
+    """Bad input gets one line naming the fix and exit code 2, not a usage dump."""
+
+    def error(self, message: str):
+        print(f"run.py: error: {message} (see python run.py --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def _bounded(kind, lo=None, hi=None, lo_open=False, hi_open=False, extra_ok=()):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a valid {kind.__name__}") from None
+        if value in extra_ok:
+            return value
+        bad_lo = lo is not None and (value <= lo if lo_open else value < lo)
+        bad_hi = hi is not None and (value >= hi if hi_open else value > hi)
+        if bad_lo or bad_hi:
+            left = "(" if lo_open else "["
+            right = ")" if hi_open else "]"
+            rng = f"{left}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{right}"
+            also = f" or {', '.join(map(str, extra_ok))}" if extra_ok else ""
+            raise argparse.ArgumentTypeError(f"{value} is outside {rng}{also}")
+        return value
+    return parse
+
+
+def build_parser() -> CleanParser:
+    p = CleanParser(description="LatentMAS-KV: latent multi-agent reasoning over a shared KV cache.",
+                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("what to run")
+    g.add_argument("--method", choices=list(METHODS), help="method to run (required unless --resume)")
+    g.add_argument("--model_name", default=DEFAULT_MODEL,
+                   help=f"hub id, local HF folder, or embedded alias ({', '.join(EMBEDDED_MODELS)}; works offline)")
+    g.add_argument("--task", choices=list(TASKS), default="gsm8k", help="benchmark task")
+    g.add_argument("--prompt", choices=["sequential", "hierarchical"], default="sequential",
+                   help="agent topology / prompt family (text_mas, latent_mas)")
+    g = p.add_argument_group("data")
+    g.add_argument("--data_source", choices=["auto", "hub", "package", "file"], default="auto",
+                   help="auto: the hub unless HF_HUB_OFFLINE=1 or it is unreachable, then the offline package")
+    g.add_argument("--data_path", default=None, help="local JSON/JSONL/CSV/parquet file (implies --data_source file)")
+    g.add_argument("--split", default=None, help="dataset split (default: the task's test split)")
+    g.add_argument("--max_samples", type=_bounded(int, lo=1, extra_ok=(-1,)), default=100,
+                   help="first N items; -1 for all")
+    g = p.add_argument_group("latent reasoning")
+    g.add_argument("--latent_steps", type=_bounded(int, 0, 4096), default=10,
+                   help="latent steps per non-final agent (latent_mas); 0 still hands the prompts' cache on")
+    g.add_argument("--latent_space_realign", action="store_true",
+                   help="map hidden states to input-embedding space by ridge least squares (else: norm rescale only)")
+    g.add_argument("--think", action="store_true", help="open a <think> block after each latent_mas agent's prompt")
+    g.add_argument("--text_mas_context_length", type=_bounded(int, lo=1, extra_ok=(-1,)), default=-1,
+                   help="text_mas: keep the last N tokens of the handed-on text; -1 for all")
+    g = p.add_argument_group("decoding")
+    g.add_argument("--temperature", type=_bounded(float, lo=0), default=0.6, help="0 means greedy")
+    g.add_argument("--top_p", type=_bounded(float, 0, 1, lo_open=True), default=0.95, help="nucleus mass, in (0, 1]")
+    g.add_argument("--max_new_tokens", type=_bounded(int, lo=1), default=512,
+                   help="tokens each writing agent may generate (the paper used 4096)")
+    g.add_argument("--generate_bs", type=_bounded(int, lo=1), default=1,
+                   help="items per batch (left padding; greedy results do not depend on it)")
+    g.add_argument("--seed", type=int, default=42, help="seed for sampling and option shuffling")
+    g = p.add_argument_group("hardware")
+    g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    g.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
+                   help="auto: bfloat16 on CUDA, float32 on CPU")
+    g.add_argument("--attn_implementation", default=None, help="e.g. sdpa, eager (default: the model's choice)")
+    g = p.add_argument_group("output")
+    g.add_argument("--output_dir", default="runs", help="parent folder of run directories")
+    g.add_argument("--resume", default=None, metavar="RUN_DIR",
+                   help="continue an interrupted run in RUN_DIR with its saved settings")
+    g.add_argument("--verbose", action="store_true", help="print each item's agents and result")
+    return p
+
+
+def flags_markdown() -> str:
+    """The README's flags table, generated from the parser (a test checks the README holds exactly this)."""
+    rows = ["| flag | default | meaning |", "|---|---|---|"]
+    for action in build_parser()._actions:
+        if not action.option_strings or action.dest == "help":
+            continue
+        flag = action.option_strings[0]
+        if action.choices:
+            flag += " {" + ",".join(map(str, action.choices)) + "}"
+        default = "" if action.default in (None, False) else f"`{action.default}`"
+        text = action.help.replace("|", "/").replace("<", "&lt;")
+        rows.append(f"| `{flag}` | {default} | {text} |")
+    return "\n".join(rows)
+
+
+def fail(message: str, code: int = 2):
+    print(f"run.py: error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def resolve_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.resume:
+        cfg_path = Path(args.resume) / "config.json"
+        if not cfg_path.exists():
+            fail(f"--resume {args.resume}: no config.json there; give a run directory this tool wrote")
+        saved = json.loads(cfg_path.read_text())["args"]
+        given = vars(args)
+        for key, value in saved.items():
+            if key not in RUNTIME_FLAGS:
+                given[key] = value
+        args = argparse.Namespace(**given)
+    elif args.method is None:
+        fail("--method is required (baseline, text_mas or latent_mas), or --resume RUN_DIR")
+    if args.data_path and args.data_source == "auto":
+        args.data_source = "file"
+    if args.data_source == "file" and not args.data_path:
+        fail("--data_source file needs --data_path FILE")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = resolve_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+    # heavy imports after argument checks, so --help and bad flags answer at once
+    import torch
+    from tqdm import tqdm
+
+    from data import DataError, load_task
+    from methods import MethodConfig, get_method
+    from models import ModelError, ModelWrapper, load_model
+    from utils import ResultsWriter, environment, read_results, run_dir_name, set_seed, summarize
+
+    try:
+        items, data_info = load_task(args.task, split=args.split, data_source=args.data_source,
+                                     data_path=args.data_path, seed=args.seed, max_samples=args.max_samples)
+    except DataError as e:
+        fail(str(e))
+    if not items:
+        fail(f"task {args.task} gave no items; check --split / --data_path")
+    try:
+        model, tokenizer, device = load_model(args.model_name, args.device, args.dtype, args.attn_implementation)
+    except ModelError as e:
+        fail(str(e))
+    set_seed(args.seed)
+    # the realignment matrix is built once here, outside every timed region
+    wrapper = ModelWrapper(model, tokenizer, device, realign=args.latent_space_realign,
+                           build_realigner=args.method == "latent_mas")
+
+    run_dir = Path(args.resume) if args.resume else Path(args.output_dir) / run_dir_name(args)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    results_path = run_dir / "results.jsonl"
+    done = {r["index"]: r for r in read_results(results_path)}
+    config = {"args": {k: v for k, v in vars(args).items() if k != "resume"}, "data": data_info,
+              "device": str(device), "dtype": str(model.dtype), "environment": environment()}
+    if not args.resume:
+        (run_dir / "config.json").write_text(json.dumps(config, indent=2))
+    todo = [it for it in items if it.index not in done]
+    print(f"[run] {run_dir}  ({len(done)} done, {len(todo)} to go)", file=sys.stderr)
+
+    cfg = MethodConfig(answer_type=TASKS[args.task].answer_type, max_new_tokens=args.max_new_tokens,
+                       temperature=args.temperature, top_p=args.top_p, seed=args.seed, prompt=args.prompt,
+                       latent_steps=args.latent_steps, think=args.think,
+                       text_mas_context_length=args.text_mas_context_length)
+    run_batch = get_method(args.method)
+    writer = ResultsWriter(results_path)
+    correct = sum(bool(r["correct"]) for r in done.values())
+    bar = tqdm(total=len(items), initial=len(done), desc=f"{args.method}/{args.task}", unit="item",
+               dynamic_ncols=True)
+    interrupted = False
+    try:
+        for start in range(0, len(todo), args.generate_bs):
+            batch = todo[start:start + args.generate_bs]
+            with torch.inference_mode():
+                records = run_batch(wrapper, batch, cfg)
+            for rec in records:
+                writer.write(rec)
+                done[rec["index"]] = rec
+                correct += bool(rec["correct"])
+                if args.verbose:
+                    tqdm.write(trace(rec))
+            bar.update(len(records))
+            bar.set_postfix(acc=f"{correct / len(done):.3f}")
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        bar.close()
+        writer.close()
+    summary = summarize(list(done.values()), args, data_info, expected_n=len(items))
+    summary["run_dir"] = str(run_dir)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    if interrupted:
+        print(f"[run] interrupted: {len(done)} of {len(items)} items kept; continue with "
+              f"python run.py --resume {run_dir}", file=sys.stderr)
+        return 130
+    print(json.dumps(summary))
+    return 0
+
+
+def trace(rec: dict) -> str:
+    lines = [f"{'=' * 20} Problem #{rec['index']} {'=' * 20}", f"Question: {rec['question']}"]
+    for a in rec["agents"]:
+        lines.append(f"----- Agent: {a['name']} ({a['role']}) -----")
+        lines.append(f"[prompt tokens] {a['prompt_tokens']}  [latent steps] {a['latent_steps']}  "
+                     f"[KV in/out] {a['kv_tokens_in']}/{a['kv_tokens_out']} tokens  [time] {a['time_s']:.2f}s")
+        if "output" in a:
+            lines.append(f"[output] {a['output']}")
+    lines.append(f"Result: Pred={rec['prediction']} | Gold={rec['gold']} | OK={rec['correct']}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""Shared fixtures: a tiny random Qwen3 with a freshly trained tokenizer (offline, about a second), and the real
+embedded SmolLM2 (converted once per machine into the cache folder)."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+WORDS = ("plan critic refine judge answer question number apples oranges box total each day eggs sells market "
+         "dollars step reason latent cache agent team solve first then the a of and is are how many what if").split()
+
+
+def _train_tokenizer(folder: Path):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    g = torch.Generator().manual_seed(0)
+    sentences = []
+    for _ in range(3000):
+        n = int(torch.randint(3, 12, (1,), generator=g))
+        idx = torch.randint(0, len(WORDS), (n,), generator=g).tolist()
+        num = int(torch.randint(0, 1000, (1,), generator=g))
+        sentences.append(" ".join(WORDS[i] for i in idx) + f" {num}. \\boxed{{{num}}} A) B) C) D)")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tok.train_from_iterator(sentences, trainers.BpeTrainer(vocab_size=400, special_tokens=special,
+                                                           initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                   pad_token="<|endoftext|>", padding_side="left")
+    fast.chat_template = CHATML
+    fast.save_pretrained(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A saved folder holding a 4-layer random Qwen3 (untied embeddings) and its tokenizer."""
+    from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
+
+    folder = tmp_path_factory.mktemp("tiny-qwen3")
+    _train_tokenizer(folder)
+    tok = AutoTokenizer.from_pretrained(folder)
+    config = Qwen3Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=2048,
+                         tie_word_embeddings=False, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                         bos_token_id=tok.bos_token_id)
+    torch.manual_seed(0)
+    model = Qwen3ForCausalLM(config)
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny(tiny_model_dir):
+    """(model, tokenizer, device) of the tiny Qwen3, fp32 on CPU."""
+    from models import load_model
+
+    return load_model(str(tiny_model_dir), device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def smol():
+    """The real embedded SmolLM2-135M (fp32, CPU)."""
+    from models import load_model
+    from registry import DEFAULT_MODEL
+
+    return load_model(DEFAULT_MODEL, device="cpu", dtype="float32")

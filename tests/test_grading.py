@@ -1,0 +1,163 @@
+"""Answer extraction and scoring on outputs shaped like real model generations."""
+from __future__ import annotations
+
+import pytest
+
+from grading import extract_answer, find_boxes, is_correct, normalize_letter, normalize_number
+
+NUMBER_CASES = [
+    # (model output, expected prediction, expected path)
+    (r"16 - 3 - 4 = 9 eggs, 9 * 2 = 18 dollars. The answer is \boxed{18}.", "18", "boxed"),
+    (r"First guess \boxed{12}. Wait, I forgot the muffins. Final: \boxed{18}", "18", "boxed"),
+    (r"The result is $\boxed{\frac{1}{2}}$.", "0.5", "boxed"),
+    (r"\boxed{-\frac{3}{4}}", "-0.75", "boxed"),
+    (r"\boxed{\dfrac{10}{2}}", "5", "boxed"),
+    (r"\boxed{1,000}", "1000", "boxed"),
+    (r"\boxed{\$1,234,567}", "1234567", "boxed"),
+    (r"\boxed{18.00}", "18", "boxed"),
+    (r"\boxed{+5}", "5", "boxed"),
+    (r"\boxed{-5}", "-5", "boxed"),
+    (r"\boxed{−7}", "-7", "boxed"),  # unicode minus
+    (r"\boxed{\$18}", "18", "boxed"),
+    (r"\boxed{18 \text{ dollars}}", "18", "boxed"),
+    (r"\boxed{18\text{ dollars}}", "18", "boxed"),
+    (r"\boxed{25\%}", "25", "boxed"),
+    (r"\boxed{x = 42}", "42", "boxed"),
+    (r"\boxed{0.50}", "0.5", "boxed"),
+    (r"\boxed{.5}", "0.5", "boxed"),
+    (r"\boxed{2.5 \times 10^{3}}", "2500", "boxed"),
+    (r"\boxed{3/4}", "0.75", "boxed"),
+    (r"\fbox{7}", "7", "boxed"),
+    (r"\boxed {64}", "64", "boxed"),
+    (r"\boxed{1\,000}", "1000", "boxed"),
+    (r"\boxed{\text{no idea}}", None, "none"),  # the model committed to a box without a number
+    # No box: prose fallbacks.
+    ("Janet makes 9 * 2 = 18 dollars.\nThe answer is 18.", "18", "fallback"),
+    ("So the answer is $18", "18", "fallback"),
+    ("**Answer:** 1,000 apples", "1000", "fallback"),
+    ("Final Answer: -3", "-3", "fallback"),
+    ("The answer is 5 and then I kept talking about 7 things", "5", "fallback"),
+    ("#### 72", "72", "fallback"),
+    ("She has 16 - 3 - 4 = 9 eggs left", "9", "fallback"),  # last number; "-4" is not read as negative
+    ("<think>Let me see. 16-3-4 = 9, so 9 * 2 = 18</think>\nThe answer is 18.", "18", "fallback"),
+    ("<think>\nOkay, 16 minus 3 is 13, minus 4 is 9, times 2 is", None, "none"),  # truncated think, no box
+    ("reasoning that ended early </think> She sells 9 eggs for 2 each: 18", "18", "fallback"),
+    (r"<think>so 9 * 2 = \boxed{18}", "18", "boxed"),  # a finished box inside an unfinished think still counts
+    (r"The answer is \boxed{\frac{1}{2", None, "none"),  # truncated box: its partial digits are not an answer
+    ("I cannot determine this.", None, "none"),
+    ("", None, "none"),
+]
+
+LETTER_CASES = [
+    (r"\boxed{B}", "B", "boxed"),
+    (r"\boxed{(B)}", "B", "boxed"),
+    (r"\boxed{B.}", "B", "boxed"),
+    (r"\boxed{B)}", "B", "boxed"),
+    (r"\boxed{b}", "B", "boxed"),
+    (r"\boxed{\text{B}}", "B", "boxed"),
+    (r"\boxed{\text{(C)}}", "C", "boxed"),
+    (r"\boxed{\textbf{D}}", "D", "boxed"),
+    (r"$\boxed{\mathrm{A}}$", "A", "boxed"),
+    (r"\boxed{B) 4.2}", "B", "boxed"),  # the seed read the number 4.2 here
+    (r"\boxed{B. Oral ulcers}", "B", "boxed"),
+    (r"\boxed{C: X}", "C", "boxed"),
+    (r"\boxed{Answer: C}", "C", "boxed"),
+    (r"\boxed{\text{Option (E)}}", "E", "boxed"),
+    (r"Maybe \boxed{A}. On reflection, \boxed{D}", "D", "boxed"),
+    (r"\boxed{A patient}", None, "none"),  # prose in a box is not a letter
+    (r"\boxed{4.2}", None, "none"),
+    # No box: conservative prose fallbacks.
+    ("Considering the mechanism, the answer is (C).", "C", "fallback"),
+    ("The answer is C", "C", "fallback"),
+    ("the answer is (c)", "C", "fallback"),
+    ("Answer: D", "D", "fallback"),
+    ("**Answer:** B", "B", "fallback"),
+    ("The correct option is E.", "E", "fallback"),
+    ("Step by step, colorectal cancer risk rises.\nC.", "C", "fallback"),
+    ("Reasoning...\n(B)", "B", "fallback"),
+    ("Reasoning...\n**A**", "A", "fallback"),
+    ("A patient with ulcerative colitis has a raised risk. Option A is wrong, option D is unlikely.", None, "none"),
+    ("A 34-year-old man presents with diarrhea.\nB cells and T cells are involved.", None, "none"),
+    ("I think the answer is a bit unclear.", None, "none"),
+    ("<think>\nOption A: hemolytic uremic syndrome. Option B: oral ulcers. Hmm, answer is probably", None, "none"),
+    ("<think>long thoughts about option A</think>\nAnswer: C", "C", "fallback"),
+]
+
+
+@pytest.mark.parametrize(("text", "pred", "path"), NUMBER_CASES)
+def test_extract_number(text: str, pred: str | None, path: str) -> None:
+    assert extract_answer(text, "number") == (pred, path)
+
+
+@pytest.mark.parametrize(("text", "pred", "path"), LETTER_CASES)
+def test_extract_letter(text: str, pred: str | None, path: str) -> None:
+    assert extract_answer(text, "letter") == (pred, path)
+
+
+def test_find_boxes_nested_and_truncated() -> None:
+    text = r"\boxed{\frac{1}{2}} then \fbox{\text{(C)}} and a cut \boxed{\frac{3}{"
+    assert find_boxes(text) == [r"\frac{1}{2}", r"\text{(C)}"]
+
+
+def test_box_with_escaped_brace() -> None:
+    assert find_boxes(r"\boxed{\{1,2\}}") == [r"\{1,2\}"]
+
+
+def test_extract_unknown_type_raises() -> None:
+    with pytest.raises(ValueError, match="answer_type"):
+        extract_answer(r"\boxed{1}", "text")
+
+
+@pytest.mark.parametrize(("raw", "canon"), [
+    ("18", "18"), ("18.00", "18"), ("1,000", "1000"), ("+5", "5"), ("-5", "-5"), ("$18", "18"),
+    ("18 dollars", "18"), ("0.250", "0.25"), (72, "72"), (2.5, "2.5"), (3.0, "3"), ("abc", None), (None, None),
+    (float("nan"), None), (True, None),
+])
+def test_normalize_number(raw: object, canon: str | None) -> None:
+    assert normalize_number(raw) == canon  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("raw", "letter"), [
+    ("B", "B"), ("(b)", "B"), ("b.", "B"), (r"\text{(C)}", "C"), ("Because", None), ("a patient", None), ("K", None),
+])
+def test_normalize_letter(raw: str, letter: str | None) -> None:
+    assert normalize_letter(raw) == letter
+
+
+@pytest.mark.parametrize(("pred", "gold", "kind", "ok"), [
+    ("1000", "1,000", "number", True),
+    ("1,000", "1000", "number", True),
+    ("18.00", "18", "number", True),
+    ("18", "18.0", "number", True),
+    ("-5", "-5", "number", True),
+    ("5", "-5", "number", False),
+    ("0.333333333333", "1/3", "number", True),
+    ("1000000.0000001", "1000000", "number", True),  # within 1e-6 relative
+    ("1.01", "1", "number", False),
+    ("0", "0", "number", True),
+    ("$18", "18", "number", True),
+    (None, "18", "number", False),
+    ("abc", "18", "number", False),
+    ("18", "", "number", False),
+    ("b", "B", "letter", True),
+    ("B", "B", "letter", True),
+    ("C", "B", "letter", False),
+    ("(B)", "B", "letter", False),  # predictions are already normalized; raw strings are not letters
+    (None, "B", "letter", False),
+    ("B", "B", "weird", False),
+])
+def test_is_correct(pred: str | None, gold: str, kind: str, ok: bool) -> None:
+    assert is_correct(pred, gold, kind) is ok
+
+
+def test_is_correct_never_raises() -> None:
+    for pred, gold in [(object(), "1"), ("1", None), (["1"], "1"), ("1e400", "1")]:
+        assert is_correct(pred, gold, "number") in (True, False)  # type: ignore[arg-type]
+        assert is_correct(pred, gold, "letter") in (True, False)  # type: ignore[arg-type]
+
+
+def test_end_to_end_scoring() -> None:
+    pred, _ = extract_answer(r"... so she earns \boxed{\$18.00} per day", "number")
+    assert is_correct(pred, "18", "number")
+    pred, _ = extract_answer(r"The factor is \boxed{\text{(C) X}}", "letter")
+    assert is_correct(pred, "C", "letter")
