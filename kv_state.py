@@ -1,32 +1,39 @@
 """The shared KV state of a batch: the only module that touches transformers' cache internals.
 
 A state is the cache plus what the cache alone does not know:
-  * `mask`     (B, T) 1 where a cache column holds a real token of that row, 0 for padding;
-  * `next_pos` (B,)   the logical position the row's next token takes.
-Positions are logical, not physical: after left padding (and, later, pruning) the column index of an entry is not
-its position, so every forward pass gets explicit `position_ids` and the full 2-D attention mask.
+  * `mask`     (B, T) 1 where a cache column holds a real entry of that row, 0 for padding;
+  * `next_pos` (B,)   the logical position the row's next token takes;
+  * `pos`      (L', B, H', T) the logical position each cached key was rotated with (its RoPE phase);
+  * `kinds`    (L', B, H', T) what each entry is (PAD, PROMPT, LATENT, TEXT).
+L' and H' are 1 until a per-layer or per-head selection makes entries differ between layers or heads.
+Positions are logical, not physical: after left padding or pruning the column of an entry is not its position, so
+every forward pass gets explicit `position_ids` and the full 2-D attention mask.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache
 
+PAD, PROMPT, LATENT, TEXT = 0, 1, 2, 3
+POSITION_MODES = ("original", "rerotate", "shift")
+
 
 @dataclass
 class KVState:
     cache: DynamicCache | None
-    mask: torch.Tensor  # (B, T) long
-    next_pos: torch.Tensor  # (B,) long
+    mask: torch.Tensor
+    next_pos: torch.Tensor
+    pos: torch.Tensor
+    kinds: torch.Tensor
 
     @classmethod
     def empty(cls, batch_size: int, device: torch.device | str) -> KVState:
-        return cls(
-            cache=None,
-            mask=torch.zeros(batch_size, 0, dtype=torch.long, device=device),
-            next_pos=torch.zeros(batch_size, dtype=torch.long, device=device),
-        )
+        z = torch.zeros(1, batch_size, 1, 0, dtype=torch.long, device=device)
+        return cls(cache=None, mask=torch.zeros(batch_size, 0, dtype=torch.long, device=device),
+                   next_pos=torch.zeros(batch_size, dtype=torch.long, device=device), pos=z, kinds=z.clone())
 
     @property
     def batch_size(self) -> int:
@@ -41,28 +48,54 @@ class KVState:
         """Real (non-padding) entries per row."""
         return self.mask.sum(dim=1).tolist()
 
+    def _layers(self):
+        if self.cache is None:
+            return []
+        return [layer for layer in self.cache.layers if getattr(layer, "keys", None) is not None]
+
     def nbytes(self) -> int:
         """Bytes held by every key and value tensor of the cache (what the device really stores)."""
-        if self.cache is None:
-            return 0
-        return sum(layer.keys.nbytes + layer.values.nbytes for layer in self.cache.layers
-                   if getattr(layer, "keys", None) is not None and layer.keys.numel())
+        return sum(layer.keys.nbytes + layer.values.nbytes for layer in self._layers())
 
     def row_nbytes(self) -> list[int]:
         """Each row's share of `nbytes()`: its real entries times the bytes one cache column holds per row.
 
         With batch size 1 this equals `nbytes()` exactly; in a padded batch the padding columns are nobody's share.
         """
-        if self.cache is None or self.length == 0:
+        if self.length == 0 or not self._layers():
             return [0] * self.batch_size
         per_entry = self.nbytes() // (self.batch_size * self.length)
         return [n * per_entry for n in self.valid_tokens()]
 
     def layer_tensors(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """(keys, values) per layer, each (B, H_kv, T, d); read-only views for analysis and tests."""
-        if self.cache is None:
-            return []
-        return [(layer.keys, layer.values) for layer in self.cache.layers]
+        """(keys, values) per layer, each (B, H_kv, T, d): post-RoPE keys, for scoring and analysis."""
+        return [(layer.keys, layer.values) for layer in self._layers()]
+
+    def kind_counts(self, kind: int) -> list[int]:
+        """Entries of one kind per row (counted on layer 0, head 0)."""
+        return ((self.kinds[0, :, 0, :] == kind) & (self.mask == 1)).sum(dim=1).tolist()
+
+    def clone(self) -> KVState:
+        layers = self.layer_tensors()
+        cache = DynamicCache([(k.clone(), v.clone()) for k, v in layers]) if layers else None
+        return KVState(cache, self.mask.clone(), self.next_pos.clone(), self.pos.clone(), self.kinds.clone())
+
+    def _truncate(self, length: int) -> None:
+        for layer in self._layers():
+            layer.keys = layer.keys[:, :, :length, :]
+            layer.values = layer.values[:, :, :length, :]
+        self.mask, self.pos, self.kinds = self.mask[:, :length], self.pos[..., :length], self.kinds[..., :length]
+
+
+@contextmanager
+def rollback(state: KVState):
+    """Whatever runs inside (a scoring pass, a reference decode) leaves `state` as it found it."""
+    length, next_pos = state.length, state.next_pos.clone()
+    try:
+        yield state
+    finally:
+        state._truncate(length)
+        state.next_pos = next_pos
 
 
 def _positions(state: KVState, new_mask: torch.Tensor) -> torch.Tensor:
@@ -74,11 +107,12 @@ def _positions(state: KVState, new_mask: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def extend(model, state: KVState, *, input_ids: torch.Tensor | None = None,
            inputs_embeds: torch.Tensor | None = None, new_mask: torch.Tensor | None = None,
-           want: str = "hidden") -> torch.Tensor:
+           want: str = "hidden", kind: int = PROMPT) -> torch.Tensor:
     """Run the model over new tokens (ids or embeddings) on top of `state`, growing it in place.
 
-    Returns the last column's final hidden state (B, D) for want="hidden" (no LM head is computed) or its
-    next-token logits (B, V) for want="logits". With left padding the last column is real for every row.
+    want="hidden": the last column's final hidden state (B, D), no LM head computed; "logits": the last column's
+    next-token logits (B, V); "all_logits": logits of every new column (B, N, V). With left padding the last column
+    is real for every row.
     """
     x = input_ids if input_ids is not None else inputs_embeds
     bsz, new_len = x.shape[0], x.shape[1]
@@ -97,8 +131,66 @@ def extend(model, state: KVState, *, input_ids: torch.Tensor | None = None,
         out = model.base_model(**kwargs).last_hidden_state[:, -1, :]
     elif want == "logits":
         out = model(**kwargs, logits_to_keep=1).logits[:, -1, :]
+    elif want == "all_logits":
+        out = model(**kwargs).logits
     else:
-        raise ValueError(f"want must be 'hidden' or 'logits', got {want!r}")
+        raise ValueError(f"want must be 'hidden', 'logits' or 'all_logits', got {want!r}")
+    lp, _, hp, _ = state.pos.shape
     state.mask = attention_mask
+    state.pos = torch.cat([state.pos, position_ids[None, :, None, :].expand(lp, bsz, hp, new_len)], dim=-1)
+    new_kinds = (new_mask * kind)[None, :, None, :].expand(lp, bsz, hp, new_len)
+    state.kinds = torch.cat([state.kinds, new_kinds], dim=-1)
     state.next_pos = state.next_pos + new_mask.sum(dim=1)
     return out
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def _rerotate(model, keys: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """Turn post-RoPE keys (B, H, K, d) by `delta` positions (B or 1, H or 1, K): RoPE angles add up."""
+    rotary = getattr(model.base_model, "rotary_emb", None)
+    if rotary is None or getattr(rotary, "attention_scaling", 1.0) != 1.0:
+        raise ValueError("--kv_positions rerotate needs plain RoPE (a rotary_emb with no attention scaling); "
+                         "use --kv_positions original")
+    b, h, k, d = keys.shape
+    delta = delta.expand(b, h, k).reshape(b * h, k)
+    cos, sin = rotary(keys.float(), delta)  # (B*H, K, d)
+    cos, sin = cos.view(b, h, k, d).float(), sin.view(b, h, k, d).float()
+    return (keys.float() * cos + _rotate_half(keys.float()) * sin).to(keys.dtype)
+
+
+@torch.no_grad()
+def select(model, state: KVState, index: torch.Tensor, keep: torch.Tensor, positions: str = "original") -> None:
+    """Keep, per layer / row / KV head, the cache columns `index` (L', B, H', K), in place.
+
+    `keep` (B, K) marks which of the K slots are real for each row (rows keeping fewer entries are left-padded).
+    `positions`: "original" leaves kept keys and the next position alone (a gap where entries were dropped);
+    "rerotate" turns kept keys to contiguous positions and continues after them; "shift" (the seed's behaviour)
+    continues after the kept count but leaves the keys' phases stale.
+    """
+    if positions not in POSITION_MODES:
+        raise ValueError(f"positions must be one of {POSITION_MODES}")
+    layers = state._layers()
+    lp, bsz, hp, k = index.shape
+    n_heads = layers[0].keys.shape[1]
+    new_pos = (keep.cumsum(dim=1) - 1).clamp_min(0)  # contiguous logical positions of the kept entries
+    old_pos = torch.gather(state.pos.expand(lp, bsz, hp, -1), 3, index)
+    for li, layer in enumerate(layers):
+        idx = index[li if lp > 1 else 0].expand(bsz, n_heads, k)
+        gather_idx = idx[..., None].expand(-1, -1, -1, layer.keys.shape[-1])
+        keys = torch.gather(layer.keys, 2, gather_idx)
+        if positions == "rerotate":
+            delta = new_pos[:, None, :] - old_pos[li if lp > 1 else 0]
+            keys = _rerotate(model, keys, delta)
+        layer.keys = keys
+        layer.values = torch.gather(layer.values, 2, idx[..., None].expand(-1, -1, -1, layer.values.shape[-1]))
+    state.kinds = torch.gather(state.kinds.expand(lp, bsz, hp, -1), 3, index) * keep[None, :, None, :]
+    state.mask = keep.long()
+    if positions == "original":
+        state.pos = old_pos
+    else:
+        state.pos = new_pos[None, :, None, :].expand(lp, bsz, hp, k).clone()
+        state.next_pos = keep.sum(dim=1)

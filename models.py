@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from kv_state import KVState, extend
+from kv_state import LATENT, TEXT, KVState, extend
 from registry import EMBEDDED_MODELS
 
 
@@ -226,7 +226,7 @@ class ModelWrapper:
         for _ in range(steps):
             v = self.realigner(h)
             latents.append(v)
-            h = extend(self.model, state, inputs_embeds=v[:, None, :], want="hidden")
+            h = extend(self.model, state, inputs_embeds=v[:, None, :], want="hidden", kind=LATENT)
         return latents
 
     # --- text out ------------------------------------------------------------------------------------------
@@ -254,7 +254,7 @@ class ModelWrapper:
                 break
             tok = tok.masked_fill(done, pad)
             logits = extend(self.model, state, input_ids=tok[:, None], new_mask=(~done).long()[:, None],
-                            want="logits")
+                            want="logits", kind=TEXT)
         texts = [self.tokenizer.decode(t, skip_special_tokens=True).strip() for t in out]
         return Decoded(texts, out)
 

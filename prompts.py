@@ -24,14 +24,28 @@ HIERARCHICAL_NAMES = {"planner": "Math Agent", "critic": "Science Agent", "refin
                       "judger": "Summarizer"}
 
 
-def answer_instruction(answer_type: str, n_options: int | None = None) -> str:
+def answer_instruction(answer_type: str, n_options: int | None = None, entry_point: str | None = None) -> str:
+    """The answer-format sentence every answering agent gets, per answer type (grading.py reads this format)."""
     if answer_type == "number":
         return ("Reason step by step, then write the final answer as a plain number inside \\boxed{}, "
+                "for example \\boxed{42}.")
+    if answer_type == "integer":
+        return ("Reason step by step, then write the final answer, an integer from 0 to 999, inside \\boxed{}, "
                 "for example \\boxed{42}.")
     if answer_type == "letter":
         letters = ", ".join(chr(ord("A") + i) for i in range(n_options or 4))
         return ("Reason step by step, then write the letter of the correct option (one of " + letters +
                 ") inside \\boxed{}, for example \\boxed{B}. Put nothing else in the box.")
+    if answer_type == "option":
+        numbers = " or ".join(str(i + 1) for i in range(n_options or 2))
+        return ("Reason step by step, then write the number of the correct option (" + numbers +
+                ") inside \\boxed{}, for example \\boxed{1}. Put nothing else in the box.")
+    if answer_type == "code":
+        name = f"the function `{entry_point}`" if entry_point else "the function"
+        return ("Reason step by step, then write your final solution as self-contained Python code in one "
+                "markdown code block that starts with ```python and ends with ```: " + name + " with the "
+                "signature asked for, plus the imports and helpers it needs. Do not include tests, example "
+                "usage or input() calls in that block.")
     raise ValueError(f"no answer instruction for answer type {answer_type!r}")
 
 
@@ -94,6 +108,21 @@ def baseline_prompt(question: str, answer: str) -> str:
 
 def agent_prompt(family: str, topology: str, role: str, question: str, answer: str, context: str = "") -> str:
     return TEMPLATES[(family, topology, role)].format(question=question, context=context, answer=answer)
+
+
+STACKED_HEAD = "The previous agent ({name}) was given this prompt:\n---\n{prompt}\n---\n\n"
+
+
+def team_prompts(family: str, topology: str, team, question: str, answer: str, stacked: bool = False) -> list[str]:
+    """User prompts of a latent team in order. `stacked` (the seed's --include_old_prompts) opens each prompt with
+    the previous agent's full prompt, recursively, so the next agent's query looks like the cache it reads."""
+    prompts: list[str] = []
+    for k, agent in enumerate(team):
+        text = agent_prompt(family, topology, agent.role, question, answer)
+        if stacked and k > 0:
+            text = STACKED_HEAD.format(name=team[k - 1].name, prompt=prompts[-1]) + text
+        prompts.append(text)
+    return prompts
 
 
 def context_label(topology: str, agent: Agent) -> str:

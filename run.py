@@ -10,10 +10,10 @@ import os
 import sys
 from pathlib import Path
 
-from registry import DEFAULT_MODEL, EMBEDDED_MODELS, METHODS, TASKS
+from registry import DEFAULT_MODEL, EMBEDDED_MODELS, METHODS, POLICIES, TASKS
 
 # flags that may change on --resume without changing results
-RUNTIME_FLAGS = ("device", "verbose", "generate_bs", "resume", "attn_implementation")
+RUNTIME_FLAGS = ("device", "verbose", "generate_bs", "resume", "attn_implementation", "eval_workers")
 
 
 class CleanParser(argparse.ArgumentParser):
@@ -69,6 +69,31 @@ def build_parser() -> CleanParser:
     g.add_argument("--think", action="store_true", help="open a <think> block after each latent_mas agent's prompt")
     g.add_argument("--text_mas_context_length", type=_bounded(int, lo=1, extra_ok=(-1,)), default=-1,
                    help="text_mas: keep the last N tokens of the handed-on text; -1 for all")
+    g = p.add_argument_group("KV-cache compression at hand-offs (latent_mas)")
+    g.add_argument("--kv_policy", choices=["none", *POLICIES], default="none", help="how to score cache entries")
+    g.add_argument("--kv_keep", "--knn_percentage", dest="kv_keep", type=_bounded(float, 0, 1, lo_open=True),
+                   default=0.8, help="share of the cache kept at each compression, in (0, 1]")
+    g.add_argument("--kv_min_keep", "--knn_min_keep", dest="kv_min_keep", type=_bounded(int, lo=0), default=5,
+                   help="the most recent N entries are always kept")
+    g.add_argument("--kv_scope", choices=["shared", "layer", "head"], default="shared",
+                   help="one kept set for all layers (seed), one per layer, or one per KV head")
+    g.add_argument("--kv_query", choices=["embed-mean", "attention"], default="embed-mean",
+                   help="knn query: mean input embedding of the next prompt (seed), or its real attention")
+    g.add_argument("--kv_protect", choices=["none", "latents"], default="none",
+                   help="latents: never drop latent-step entries")
+    g.add_argument("--kv_positions", choices=["original", "rerotate", "shift"], default="original",
+                   help="after pruning: continue at the original positions (correct), re-rotate kept keys to "
+                        "contiguous positions, or shift (the seed's defect: continue at the pruned length with "
+                        "stale key phases; only to reproduce its numbers)")
+    g.add_argument("--compress_at", choices=["every", "judger"], default="every",
+                   help="compress before every non-first agent (seed, compounding) or once before the judger")
+    g.add_argument("--knn_filter", action="store_true", help="the seed's switch: --kv_policy knn-<--knn_strategy>")
+    g.add_argument("--knn_strategy", choices=["top", "bottom", "random"], default="top",
+                   help="the seed's strategy, used with --knn_filter")
+    g.add_argument("--include_old_prompts", action="store_true",
+                   help="the seed's stacked prompts: each latent agent's prompt opens with the previous agent's")
+    g.add_argument("--fidelity", action="store_true",
+                   help="also run the team uncompressed and score the judger against it (agreement, KL)")
     g = p.add_argument_group("decoding")
     g.add_argument("--temperature", type=_bounded(float, lo=0), default=0.6, help="0 means greedy")
     g.add_argument("--top_p", type=_bounded(float, 0, 1, lo_open=True), default=0.95, help="nucleus mass, in (0, 1]")
@@ -82,6 +107,8 @@ def build_parser() -> CleanParser:
     g.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
                    help="auto: bfloat16 on CUDA, float32 on CPU")
     g.add_argument("--attn_implementation", default=None, help="e.g. sdpa, eager (default: the model's choice)")
+    g.add_argument("--eval_workers", type=_bounded(int, lo=1), default=None,
+                   help="code tasks: sandboxed test processes run at once for a batch (default: min(4, CPU count))")
     g = p.add_argument_group("output")
     g.add_argument("--output_dir", default="runs", help="parent folder of run directories")
     g.add_argument("--resume", default=None, metavar="RUN_DIR",
@@ -125,6 +152,18 @@ def resolve_args(argv: list[str] | None) -> argparse.Namespace:
         args = argparse.Namespace(**given)
     elif args.method is None:
         fail("--method is required (baseline, text_mas or latent_mas), or --resume RUN_DIR")
+    if args.knn_filter:
+        seed_policy = "random" if args.knn_strategy == "random" else f"knn-{args.knn_strategy}"
+        if args.kv_policy not in ("none", seed_policy):
+            fail(f"--knn_filter --knn_strategy {args.knn_strategy} means --kv_policy {seed_policy}, "
+                 f"not {args.kv_policy}; give one of them")
+        args.kv_policy = seed_policy
+    if args.method != "latent_mas":
+        for flag, value in (("--kv_policy", args.kv_policy != "none"), ("--fidelity", args.fidelity)):
+            if value:
+                fail(f"{flag} works on the shared cache of --method latent_mas, not {args.method}")
+    if args.kv_query == "attention" and args.kv_policy not in ("knn-top", "knn-bottom"):
+        fail("--kv_query attention applies to --kv_policy knn-top / knn-bottom")
     if args.data_path and args.data_source == "auto":
         args.data_source = "file"
     if args.data_source == "file" and not args.data_path:
@@ -140,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from tqdm import tqdm
 
+    from compression import CompressionError, compressor_from_args
     from data import DataError, load_task
     from methods import MethodConfig, get_method
     from models import ModelError, ModelWrapper, load_model
@@ -155,6 +195,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model, tokenizer, device = load_model(args.model_name, args.device, args.dtype, args.attn_implementation)
     except ModelError as e:
+        fail(str(e))
+    compressor = compressor_from_args(args)
+    try:
+        if compressor is not None:
+            compressor.check(model)
+    except CompressionError as e:
         fail(str(e))
     set_seed(args.seed)
     # the realignment matrix is built once here, outside every timed region
@@ -175,7 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg = MethodConfig(answer_type=TASKS[args.task].answer_type, max_new_tokens=args.max_new_tokens,
                        temperature=args.temperature, top_p=args.top_p, seed=args.seed, prompt=args.prompt,
                        latent_steps=args.latent_steps, think=args.think,
-                       text_mas_context_length=args.text_mas_context_length)
+                       text_mas_context_length=args.text_mas_context_length, compressor=compressor,
+                       fidelity=args.fidelity, stacked_prompts=args.include_old_prompts,
+                       eval_workers=getattr(args, "eval_workers", None))
     run_batch = get_method(args.method)
     writer = ResultsWriter(results_path)
     correct = sum(bool(r["correct"]) for r in done.values())

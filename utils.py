@@ -1,6 +1,7 @@
 """Run bookkeeping: seeding, timing, run directories, JSONL results that survive interruption, summaries."""
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -21,9 +22,11 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def item_generator(seed: int, index: int) -> torch.Generator:
-    """A sampling stream per item, so sampled outputs do not depend on batch composition."""
-    return torch.Generator(device="cpu").manual_seed(seed * 1_000_003 + index)
+def item_generator(seed: int, index: int, stream: str = "sample") -> torch.Generator:
+    """A random stream per item and purpose, so results depend neither on batch composition nor on whether another
+    purpose (say, random KV selection) drew numbers first."""
+    digest = hashlib.sha256(f"{seed}:{index}:{stream}".encode()).digest()
+    return torch.Generator(device="cpu").manual_seed(int.from_bytes(digest[:7], "little"))
 
 
 def now(device: torch.device | None = None) -> float:
@@ -48,7 +51,10 @@ def run_dir_name(args) -> str:
     parts = [args.method, args.task, model.replace("/", "_")]
     if args.method == "latent_mas":
         parts.append(f"m{args.latent_steps}")
-    parts.append("nocomp")  # compression settings join the name once compression exists
+    if getattr(args, "kv_policy", "none") != "none":
+        parts.append(f"{args.kv_policy}-k{args.kv_keep:g}-{args.kv_scope}-{args.kv_positions}")
+    else:
+        parts.append("nocomp")
     parts.append(datetime.now().strftime("%Y%m%d-%H%M%S"))
     return "_".join(parts)
 
@@ -119,7 +125,7 @@ def summarize(records: list[dict], args, data_info: dict, expected_n: int) -> di
         "n": n, "n_expected": expected_n, "complete": n == expected_n,
         "correct": correct, "accuracy": round(correct / n, 4) if n else 0.0, "accuracy_ci95": wilson_ci(correct, n),
         "latent_steps": args.latent_steps if args.method == "latent_mas" else None,
-        "compression": None, "seed": args.seed,
+        "compression": compression_settings(args), "seed": args.seed,
         "temperature": args.temperature, "max_new_tokens": args.max_new_tokens,
         "data_source": data_info.get("source"), "n_options": data_info.get("n_options"),
         "data_note": data_info.get("note"),
@@ -127,4 +133,28 @@ def summarize(records: list[dict], args, data_info: dict, expected_n: int) -> di
         "generated_tokens_mean": _mean([r["generated_tokens"] for r in records]),
         "kv_tokens_judger_mean": _mean([a["kv_tokens_in"] for a in judger]),
         "kv_bytes_judger_mean": _mean([a["kv_bytes_in"] for a in judger]),
+        **_compression_means(records, judger),
     }
+
+
+def compression_settings(args) -> dict | None:
+    if getattr(args, "kv_policy", "none") == "none":
+        return None
+    keys = ("kv_policy", "kv_keep", "kv_scope", "kv_min_keep", "kv_query", "kv_protect", "kv_positions",
+            "compress_at", "include_old_prompts")
+    return {k: getattr(args, k) for k in keys}
+
+
+def _compression_means(records: list[dict], judger: list[dict]) -> dict:
+    out = {}
+    if records and "kv_kept_share" in records[0]:
+        out["kv_kept_share_judger_mean"] = _mean([r["kv_kept_share"] for r in records])
+        out["kv_tokens_full_judger_mean"] = _mean([a["kv_tokens_full"] for a in judger])
+        out["compress_time_mean_s"] = _mean([sum(a.get("compress_time_s", 0) for a in r["agents"])
+                                             for r in records])
+    fid = [r["fidelity"] for r in records if "fidelity" in r]
+    if fid:
+        out["fidelity_agreement_mean"] = _mean([f["agreement"] for f in fid])
+        out["fidelity_kl_mean"] = _mean([f["kl"] for f in fid])
+        out["fidelity_output_match_rate"] = _mean([float(f["output_match"]) for f in fid])
+    return out

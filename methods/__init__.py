@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from grading import extract_answer, is_correct
+from grading import extract_answer, grade_code, is_correct
 from prompts import answer_instruction
 
 
@@ -20,10 +20,16 @@ class MethodConfig:
     latent_steps: int = 10
     think: bool = False
     text_mas_context_length: int = -1
+    eval_workers: int | None = None  # code tasks: sandbox processes at once (None: min(4, CPUs))
+    code_timeout_s: float | None = None  # code tasks: wall-clock limit per sample (None: code_eval's default)
+    code_memory_mb: int | None = None  # code tasks: address-space limit per sample (None: code_eval's default)
+    compressor: object = None  # compression.Compressor: prunes the shared cache at hand-offs (latent_mas)
+    fidelity: bool = False  # latent_mas: also run the uncompressed team and score the judger against it
+    stacked_prompts: bool = False  # the seed's --include_old_prompts
 
 
 def answer_for(item, cfg: MethodConfig) -> str:
-    return answer_instruction(cfg.answer_type, item.meta.get("n_options"))
+    return answer_instruction(cfg.answer_type, item.meta.get("n_options"), item.meta.get("entry_point"))
 
 
 def agent_record(name: str, role: str, prompt_tokens: int, latent_steps: int, output_tokens: int,
@@ -37,15 +43,44 @@ def agent_record(name: str, role: str, prompt_tokens: int, latent_steps: int, ou
 
 
 def item_record(item, output: str, agents: list[dict], cfg: MethodConfig) -> dict:
-    prediction, path = extract_answer(output, cfg.answer_type)
+    """One result record. Every answer type is graded here except code, which runs in the sandbox a batch at a
+    time (grade_batch, called by get_method's wrapper): until then its extraction is "pending", correct None."""
+    if cfg.answer_type == "code":
+        prediction, path, correct = None, "pending", None
+    else:
+        prediction, path = extract_answer(output, cfg.answer_type, item.meta.get("options"))
+        correct = is_correct(prediction, item.gold, cfg.answer_type)
     return {"index": item.index, "question": item.question, "gold": item.gold, "prediction": prediction,
-            "correct": is_correct(prediction, item.gold, cfg.answer_type), "extraction": path, "output": output,
+            "correct": correct, "extraction": path, "output": output,
             "generated_tokens": sum(a["output_tokens"] for a in agents),
             "time_s": round(sum(a["time_s"] for a in agents), 4), "agents": agents}
 
 
+def grade_batch(items, records: list[dict], cfg: MethodConfig) -> list[dict]:
+    """Finish the records of one batch: code answers are extracted and run in the sandbox, cfg.eval_workers at a
+    time, which sets prediction (the code), correct, extraction and adds `execution` (status, detail, time_s,
+    network_isolated). Other answer types were graded in item_record and pass through."""
+    todo = [r for r in records if r.get("extraction") == "pending"]
+    if not todo:
+        return records
+    meta = {it.index: it.meta for it in items}
+    graded = grade_code([r["output"] for r in todo], [meta[r["index"]] for r in todo], workers=cfg.eval_workers,
+                        timeout_s=cfg.code_timeout_s, memory_mb=cfg.code_memory_mb)
+    for rec, result in zip(todo, graded):
+        rec.update(result)
+    return records
+
+
 def get_method(name: str):
-    """The run_batch function of a method (imported lazily so that one method's imports cannot break another)."""
+    """The run_batch function of a method, graded: run_batch(wrapper, items, cfg) -> finished records. The method
+    is imported lazily so that one method's imports cannot break another."""
+    from functools import wraps
     from importlib import import_module
 
-    return import_module(f"methods.{name}").run_batch
+    run_batch = import_module(f"methods.{name}").run_batch
+
+    @wraps(run_batch)
+    def run_and_grade(wrapper, items, cfg: MethodConfig) -> list[dict]:
+        return grade_batch(items, run_batch(wrapper, items, cfg), cfg)
+
+    return run_and_grade

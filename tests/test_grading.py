@@ -3,7 +3,15 @@ from __future__ import annotations
 
 import pytest
 
-from grading import extract_answer, find_boxes, is_correct, normalize_letter, normalize_number
+from grading import (
+    build_program,
+    extract_answer,
+    extract_code,
+    find_boxes,
+    is_correct,
+    normalize_letter,
+    normalize_number,
+)
 
 NUMBER_CASES = [
     # (model output, expected prediction, expected path)
@@ -161,3 +169,116 @@ def test_end_to_end_scoring() -> None:
     assert is_correct(pred, "18", "number")
     pred, _ = extract_answer(r"The factor is \boxed{\text{(C) X}}", "letter")
     assert is_correct(pred, "C", "letter")
+
+
+# ------------------------------------------------------------------------------------------------ more answer types
+
+INTEGER_CASES = [
+    # (output, prediction, path, correct against gold "70")
+    (r"<think>bases b > 9 ... so 21 and 49</think> The sum is \boxed{70}.", "70", "boxed", True),
+    (r"\boxed{070}", "70", "boxed", True),
+    (r"\boxed{70.0}", "70", "boxed", True),
+    (r"\boxed{1,070}", "1070", "boxed", False),
+    (r"First \boxed{49}, then on checking: \boxed{70}", "70", "boxed", True),
+    (r"\boxed{\frac{140}{2}}", "70", "boxed", True),
+    (r"\boxed{70.5}", "70.5", "boxed", False),  # not an integer: wrong, not rounded
+    ("The answer is 70.", "70", "fallback", True),
+    ("<think>\nLet me try b = 10, 11, 12 ... the sum so far is 70", None, "none", False),  # truncated think
+    (r"\boxed{\text{cannot be determined}}", None, "none", False),
+    ("", None, "none", False),
+]
+
+
+@pytest.mark.parametrize(("text", "pred", "path", "ok"), INTEGER_CASES)
+def test_integer_answers(text: str, pred: str | None, path: str, ok: bool) -> None:
+    assert extract_answer(text, "integer") == (pred, path)
+    assert is_correct(pred, "70", "integer") is ok  # a missing answer is wrong, never an error
+
+
+def test_integer_negative_and_units() -> None:
+    assert extract_answer(r"\boxed{-12 \text{ cm}}", "integer") == ("-12", "boxed")
+    assert is_correct("-12", "-12", "integer") and not is_correct("12", "-12", "integer")
+
+
+OPTION_CASES = [
+    (r"\boxed{2}", "2", "boxed"),
+    (r"\boxed{(1)}", "1", "boxed"),
+    (r"\boxed{Option 2}", "2", "boxed"),
+    (r"\boxed{\text{2: Maria}}", "2", "boxed"),
+    (r"\boxed{Maria}", "2", "boxed"),  # the option's text, matched exactly
+    (r"\boxed{maria.}", "2", "boxed"),
+    (r"\boxed{Sarah or Maria}", None, "none"),
+    (r"\boxed{1} at first, but \boxed{2}", "2", "boxed"),
+    ("So the answer is 2.", "2", "fallback"),
+    ("Answer: Option 1", "1", "fallback"),
+    ("Option 2 is correct because Maria got the easier cases.", "2", "fallback"),
+    ("Reasoning...\n**Option 1**", "1", "fallback"),
+    ("Sarah was the better surgeon, so the blank is the other person.", None, "none"),
+    ("The answer is 2.5 times harder", None, "none"),
+]
+
+
+@pytest.mark.parametrize(("text", "pred", "path"), OPTION_CASES)
+def test_option_answers(text: str, pred: str | None, path: str) -> None:
+    assert extract_answer(text, "option", ["Sarah", "Maria"]) == (pred, path)
+
+
+def test_option_scoring() -> None:
+    assert is_correct("2", "2", "option") and not is_correct("1", "2", "option")
+    assert not is_correct("12", "1", "option") and not is_correct(None, "1", "option")
+
+
+def test_letter_by_option_text_and_many_options() -> None:
+    options = ["Hemolytic uremic syndrome", "Oral ulcers", "Colorectal cancer", "Pancreatic cancer", "Gout"]
+    assert extract_answer(r"\boxed{Colorectal cancer}", "letter", options) == ("C", "boxed")
+    assert extract_answer(r"\boxed{\text{(E)}}", "letter", options) == ("E", "boxed")
+    assert extract_answer(r"\boxed{cancer}", "letter", options) == (None, "none")  # no substring matches
+    assert extract_answer(r"\boxed{Colorectal cancer}", "letter") == (None, "none")  # no options, no guess
+    assert is_correct("E", "E", "letter") and is_correct("C", "C", "letter")
+
+
+CODE = "def add(a, b):\n    return a + b"
+
+CODE_CASES = [
+    # (output, code, path)
+    (f"```python\n{CODE}\n```", CODE, "block"),
+    (f"Plan first.\n```py\n{CODE}\n```\nExample:\n```python\nprint(add(1, 2))\n```", CODE, "block"),
+    (f"```\n{CODE}\n```", CODE, "block"),  # untagged fence
+    (f"```python\n{CODE}```", CODE, "block"),  # closing fence glued to the last line
+    (f"<think>draft:\n```python\ndef add(a, b):\n    return 0\n```\n</think>\n```python\n{CODE}\n```", CODE, "block"),
+    (f"```bash\npip install nothing\n```\n```python\n{CODE}\n```", CODE, "block"),
+    (f"  ```python\n  {CODE.replace(chr(10), chr(10) + '  ')}\n  ```", CODE, "block"),  # indented block, dedented
+    (f"```python\n{CODE}\n", CODE, "fallback"),  # cut off by the token limit before the closing fence
+    (f"Sure.\n{CODE}\nThis adds two numbers.", CODE, "fallback"),  # unfenced
+    ("```text\nnot code\n```", None, "none"),
+    ("I cannot solve this.", None, "none"),
+    ("", None, "none"),
+]
+
+
+@pytest.mark.parametrize(("text", "code", "path"), CODE_CASES)
+def test_extract_code(text: str, code: str | None, path: str) -> None:
+    assert extract_code(text, "add") == (code, path)
+
+
+def test_extract_code_prefers_the_entry_point() -> None:
+    text = "```python\ndef helper(x):\n    return x\n```\n```python\ndef add(a, b):\n    return a + b\n```\n" \
+           "```python\ndef other():\n    pass\n```"
+    assert extract_code(text, "add")[0] == CODE
+    assert extract_code(text)[0] == "def other():\n    pass"  # without a name: the last block with a function
+
+
+def test_build_program_humaneval_layouts() -> None:
+    meta = {"entry_point": "add", "prompt_code": "import math\n\n\ndef add(a, b):\n    \"\"\"Add.\"\"\"\n",
+            "tests": "def check(candidate):\n    assert candidate(1, 2) == 3\n\ncheck(add)"}
+    whole = build_program(CODE, meta)  # a whole function: the prompt's imports, then the solution
+    assert whole.startswith("import math") and whole.count("def add") == 1 and whole.endswith("check(add)\n")
+    body = build_program("    return a + b", meta)  # a body: appended to the prompt's header
+    assert '"""Add."""\n    return a + b' in body
+    flush = build_program("return a + b", meta)  # a body written flush left is indented
+    assert '"""Add."""\n    return a + b' in flush
+
+
+def test_build_program_mbpp_layout() -> None:
+    meta = {"entry_point": "add", "prelude": "import math", "tests": "assert add(1, 2) == 3"}
+    assert build_program(CODE, meta) == f"import math\n\n{CODE}\n\nassert add(1, 2) == 3\n"

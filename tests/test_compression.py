@@ -1,0 +1,284 @@
+"""KV-cache compression: every policy through the same checks, plus the position modes, the seed-faithful kNN,
+and compression inside latent_mas runs."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from transformers import DynamicCache
+
+import compression
+import registry
+import run
+from compression import CompressionError, Compressor
+from data import Item
+from kv_state import LATENT, KVState, extend
+from methods import MethodConfig, get_method
+from models import ModelWrapper
+from tests.conftest import ROOT
+
+POLICY_NAMES = list(compression.POLICIES)
+QUESTIONS = ["How many apples are left if each day the team sells 3 of 17?", "What is the total?",
+             "If she sells 9 eggs each day for 2 dollars each, how many dollars is that?"]
+
+
+def _wrapper(bundle):
+    model, tok, dev = bundle
+    return ModelWrapper(model, tok, dev)
+
+
+def _state(w, questions, steps=3):
+    """A cache like the judger meets: two agents' prompts and latent steps."""
+    state = KVState.empty(len(questions), w.device)
+    for role in ("plan", "check"):
+        w.prefill_and_think(state, w.encode([w.render(f"{role}: {q}") for q in questions]), steps)
+    return state
+
+
+def _next_prompt(w, questions):
+    return w.encode([w.render(f"solve: {q}") for q in questions])
+
+
+def _gens(n):
+    return [torch.Generator().manual_seed(i) for i in range(n)]
+
+
+def test_registry_and_compression_list_the_same_policies():
+    assert set(registry.POLICIES) == set(compression.POLICIES)
+    assert registry.policies_markdown() in (ROOT / "README.md").read_text()
+
+
+@pytest.mark.parametrize("policy", POLICY_NAMES)
+@pytest.mark.parametrize("scope", compression.SCOPES)
+def test_policy_keeps_budget_recent_window_and_order(tiny, policy, scope):
+    w = _wrapper(tiny)
+    state = _state(w, QUESTIONS)
+    valid = state.mask.sum(1)
+    comp = Compressor(policy, keep=0.5, scope=scope, min_keep=4)
+    newest = [state.pos[0, b, 0][state.mask[b] == 1][-4:].tolist() for b in range(3)]
+    comp(w, state, _next_prompt(w, QUESTIONS), _gens(3))
+    expected = torch.clamp((valid.double() * 0.5).floor().long(), min=4)
+    assert state.mask.sum(1).tolist() == expected.tolist()
+    lp, _, hp, _ = state.pos.shape
+    for b in range(3):
+        cols = state.mask[b] == 1
+        for li in range(lp):
+            for h in range(hp):
+                kept = state.pos[li, b, h][cols]
+                assert bool((kept[1:] > kept[:-1]).all()), "kept entries must stay in cache order"
+                assert set(newest[b]) <= set(kept.tolist()), "the recent window must survive"
+    # kept keys are copies of original entries, so bytes shrink with the tokens
+    assert state.nbytes() == sum(k.nbytes + v.nbytes for k, v in state.layer_tensors())
+
+
+def _prune_vs_mask(w, policy, questions=QUESTIONS[:1]):
+    state = _state(w, questions)
+    ref = state.clone()
+    comp = Compressor(policy, keep=0.6, scope="shared", min_keep=3)
+    nxt = _next_prompt(w, questions)
+    comp(w, state, nxt, _gens(1))
+    kept = set(state.pos[0, 0, 0][state.mask[0] == 1].tolist())
+    for col in range(ref.length):  # batch 1, no padding: column == position
+        if col not in kept:
+            ref.mask[0, col] = 0
+    assert state.length < ref.length
+    a = extend(w.model, state, input_ids=nxt.ids, new_mask=nxt.mask, want="logits")
+    b = extend(w.model, ref, input_ids=nxt.ids, new_mask=nxt.mask, want="logits")
+    return (a - b).abs().max().item()
+
+
+@pytest.mark.parametrize("policy", POLICY_NAMES)
+def test_prune_equals_mask_tiny_qwen3(tiny, policy):
+    assert _prune_vs_mask(_wrapper(tiny), policy) < 1e-4
+
+
+def test_prune_equals_mask_smollm2(smol):
+    assert _prune_vs_mask(_wrapper(smol), "knn-bottom") < 1e-4
+
+
+def test_shift_positions_differ_from_the_correct_ones(tiny):
+    """The seed's `shift` continues at the pruned length with stale key phases: its logits leave the masked
+    reference that `original` matches."""
+    w = _wrapper(tiny)
+    outs = {}
+    for mode in ("original", "shift"):
+        state = _state(w, QUESTIONS[:1])
+        Compressor("knn-bottom", keep=0.5, positions=mode)(w, state, _next_prompt(w, QUESTIONS[:1]), _gens(1))
+        nxt = _next_prompt(w, QUESTIONS[:1])
+        outs[mode] = (extend(w.model, state, input_ids=nxt.ids, new_mask=nxt.mask, want="logits"),
+                      state.next_pos.item())
+    assert outs["shift"][1] < outs["original"][1]
+    assert (outs["shift"][0] - outs["original"][0]).abs().max() > 1e-3
+
+
+def test_rerotate_matches_contiguous_positions(tiny):
+    """Layer-0 keys depend only on the token and its position, so re-rotated kept keys must equal the keys of a
+    fresh pass over the kept tokens at positions 0..K-1."""
+    w = _wrapper(tiny)
+    enc = w.encode([w.render(QUESTIONS[2])])
+    state = KVState.empty(1, w.device)
+    extend(w.model, state, input_ids=enc.ids, new_mask=enc.mask)
+    Compressor("keydiff", keep=0.5, positions="rerotate", min_keep=2)(w, state, _next_prompt(w, QUESTIONS[:1]),
+                                                                      _gens(1))
+    kept_cols = sorted(set(range(enc.ids.shape[1])) - set())  # positions before pruning == columns
+    assert state.pos[0, 0, 0].tolist() == list(range(state.length))
+    assert state.next_pos.item() == state.length
+    # which tokens were kept: compare the values of layer 0 (values carry no rotation)
+    v_kept = state.layer_tensors()[0][1]
+    fresh = KVState.empty(1, w.device)
+    extend(w.model, fresh, input_ids=enc.ids)
+    v_all = fresh.layer_tensors()[0][1]
+    kept = [next(c for c in kept_cols if torch.equal(v_all[0, :, c], v_kept[0, :, j])) for j in range(state.length)]
+    ref = KVState.empty(1, w.device)
+    extend(w.model, ref, input_ids=enc.ids[:, kept])
+    assert torch.allclose(state.layer_tensors()[0][0], ref.layer_tensors()[0][0], atol=1e-5)
+
+
+def test_keep_everything_is_bit_identical(tiny):
+    w = _wrapper(tiny)
+    plain = _state(w, QUESTIONS)
+    kept = plain.clone()
+    Compressor("knn-top", keep=1.0, min_keep=0)(w, kept, _next_prompt(w, QUESTIONS), _gens(3))
+    for (k1, v1), (k2, v2) in zip(plain.layer_tensors(), kept.layer_tensors()):
+        assert torch.equal(k1, k2) and torch.equal(v1, v2)
+    cfg = dict(answer_type="number", max_new_tokens=8, temperature=0.0, top_p=1.0, seed=0, latent_steps=2)
+    items = [Item(i, q, "1", {}) for i, q in enumerate(QUESTIONS)]
+    base = get_method("latent_mas")(w, items, MethodConfig(**cfg))
+    full = get_method("latent_mas")(w, items, MethodConfig(**cfg, compressor=Compressor("knn-bottom", keep=1.0)))
+    for a, b in zip(base, full):
+        assert a["output"] == b["output"] and b["kv_kept_share"] == 1.0
+        assert [x["kv_bytes_in"] for x in a["agents"]] == [x["kv_bytes_in"] for x in b["agents"]]
+
+
+def _strip(records):
+    drop = {"time_s", "compress_time_s", "kv_bytes_in", "kv_bytes_out", "kv_bytes_before"}
+    return [dict({k: v for k, v in r.items() if k != "time_s"},
+                 agents=[{k: v for k, v in a.items() if k not in drop} for a in r["agents"]]) for r in records]
+
+
+@pytest.mark.parametrize("policy, scope, positions", [
+    ("knn-bottom", "shared", "original"), ("knn-top", "head", "rerotate"), ("snapkv", "head", "original"),
+    ("random", "shared", "shift"), ("keydiff", "layer", "original"), ("streaming", "shared", "original"),
+])
+def test_batched_equals_unbatched_with_compression(tiny, policy, scope, positions):
+    w = _wrapper(tiny)
+    comp = Compressor(policy, keep=0.6, scope=scope, positions=positions, min_keep=2)
+    cfg = MethodConfig(answer_type="number", max_new_tokens=8, temperature=0.0, top_p=1.0, seed=0, latent_steps=3,
+                       compressor=comp)
+    items = [Item(i, q, "1", {}) for i, q in enumerate(QUESTIONS)]
+    run_batch = get_method("latent_mas")
+    assert _strip(run_batch(w, items, cfg)) == _strip([run_batch(w, [it], cfg)[0] for it in items])
+
+
+def test_records_measure_compounding_and_protection(tiny):
+    w = _wrapper(tiny)
+    comp = Compressor("knn-bottom", keep=0.5, min_keep=2, protect="latents")
+    cfg = MethodConfig(answer_type="number", max_new_tokens=6, temperature=0.0, top_p=1.0, seed=0, latent_steps=4,
+                       compressor=comp)
+    rec = get_method("latent_mas")(w, [Item(0, QUESTIONS[0], "1", {})], cfg)[0]
+    planner, critic, refiner, judger = rec["agents"]
+    assert critic["kv_tokens_before"] == planner["kv_tokens_out"] == planner["prompt_tokens"] + 4
+    assert critic["kv_tokens_in"] == max(critic["kv_tokens_before"] // 2, 4)  # 4 latents protected
+    assert judger["kv_tokens_full"] == sum(a["prompt_tokens"] + a["latent_steps"] for a in (planner, critic, refiner))
+    assert rec["kv_kept_share"] == pytest.approx(judger["kv_tokens_in"] / judger["kv_tokens_full"], abs=1e-4)
+    assert rec["kv_kept_share"] < 0.5  # compounding over three hand-offs
+    per_token = judger["kv_bytes_in"] // judger["kv_tokens_in"]
+    assert judger["kv_bytes_before"] == judger["kv_tokens_before"] * per_token
+
+
+def test_protect_latents_keeps_every_latent(tiny):
+    w = _wrapper(tiny)
+    state = _state(w, QUESTIONS[:1], steps=5)
+    assert state.kind_counts(LATENT) == [10]
+    Compressor("knn-top", keep=0.3, min_keep=0, protect="latents")(w, state, _next_prompt(w, QUESTIONS[:1]),
+                                                                   _gens(1))
+    assert state.kind_counts(LATENT) == [10]
+
+
+def test_fidelity_is_perfect_without_loss_and_measures_loss(tiny):
+    w = _wrapper(tiny)
+    items = [Item(0, QUESTIONS[0], "1", {}), Item(1, QUESTIONS[1], "1", {})]
+    base = dict(answer_type="number", max_new_tokens=8, temperature=0.0, top_p=1.0, seed=0, latent_steps=2,
+                fidelity=True)
+    same = get_method("latent_mas")(w, items, MethodConfig(**base, compressor=Compressor("knn-top", keep=1.0)))
+    for r in same:
+        assert r["fidelity"]["agreement"] == 1.0 and r["fidelity"]["kl"] < 1e-6 and r["fidelity"]["output_match"]
+    lossy = get_method("latent_mas")(w, items, MethodConfig(**base, compressor=Compressor("knn-top", keep=0.2,
+                                                                                          min_keep=1)))
+    assert all(r["fidelity"]["kl"] > 1e-6 for r in lossy)
+    assert all(r["fidelity"]["ref_output"] == s["output"] for r, s in zip(lossy, same))
+
+
+def test_seed_knn_picks_the_indices_of_a_direct_recomputation():
+    """Hand-built cache, the seed's recipe written out (seed-spec 4.3-4.4) against Compressor + Knn."""
+    g = torch.Generator().manual_seed(3)
+    n_layers, heads, t, d, hidden = 4, 2, 23, 8, 24
+    layers = [(torch.randn(1, heads, t, d, generator=g), torch.randn(1, heads, t, d, generator=g))
+              for _ in range(n_layers)]
+    q = torch.randn(1, hidden, generator=g)
+    state = KVState(DynamicCache(layers), torch.ones(1, t, dtype=torch.long), torch.tensor([t]),
+                    torch.arange(t)[None, None, None, :], torch.ones(1, 1, 1, t, dtype=torch.long))
+    fake = SimpleNamespace(model=SimpleNamespace(), embed_mean=lambda enc: q)
+    for strategy, p, min_keep in (("top", 0.6, 5), ("bottom", 0.6, 5), ("top", 0.3, 2)):
+        # the seed, directly
+        k_mid = layers[n_layers // 2][0].mean(dim=1)[0]
+        qd = q.view(1, -1, d).mean(dim=1)[0]
+        sim = torch.nn.functional.normalize(k_mid, dim=-1) @ torch.nn.functional.normalize(qd, dim=0)
+        k = min(max(int(t * p), min_keep), t)
+        r = min(min_keep, t)
+        early = sim[: t - r]
+        idx = early.topk(k - r, largest=(strategy == "top")).indices.sort().values
+        expected = idx.tolist() + list(range(t - r, t))
+        s = KVState(DynamicCache([(a.clone(), b.clone()) for a, b in layers]), state.mask.clone(),
+                    state.next_pos.clone(), state.pos.clone(), state.kinds.clone())
+        comp = Compressor(f"knn-{strategy}", keep=p, min_keep=min_keep)
+        hand = compression.HandOff(fake, s, None, "shared", _gens(1))
+        scores = comp.policy.score(hand)
+        # the same selection as Compressor would make, without a model for the gather
+        prot = comp.protected(s)
+        budget = int(comp.budgets(s)[0])
+        sc = scores.masked_fill(prot, float("inf"))
+        picked = sc.topk(budget, dim=-1).indices.sort(dim=-1).values[0, 0, 0].tolist()
+        assert picked == expected, (strategy, p)
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--knn_percentage", "0"], "--kv_keep"),
+    (["--knn_percentage", "1.5"], "--kv_keep"),
+    (["--knn_min_keep", "-1"], "--kv_min_keep"),
+    (["--kv_policy", "h2o-magic"], "--kv_policy"),
+    (["--kv_scope", "token"], "--kv_scope"),
+    (["--kv_query", "attention", "--kv_policy", "knorm"], "--kv_query attention"),
+    (["--knn_filter", "--knn_strategy", "bottom", "--kv_policy", "knn-top"], "--knn_filter"),
+])
+def test_bad_compression_flags_exit_2(argv, words, capsys):
+    with pytest.raises(SystemExit) as e:
+        run.main(["--method", "latent_mas", *argv])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and words in err[0], err
+
+
+@pytest.mark.parametrize("method", ["text_mas", "baseline"])
+def test_fidelity_and_compression_need_latent_mas(method, capsys):
+    for flags in (["--fidelity"], ["--kv_policy", "knn-top"]):
+        with pytest.raises(SystemExit) as e:
+            run.main(["--method", method, *flags])
+        assert e.value.code == 2 and "latent_mas" in capsys.readouterr().err
+
+
+def test_attention_query_on_a_model_without_q_proj_is_refused():
+    model = SimpleNamespace(base_model=SimpleNamespace(layers=[SimpleNamespace(self_attn=SimpleNamespace())]))
+    with pytest.raises(CompressionError, match="embed-mean"):
+        Compressor("knn-top", query="attention").check(model)
+
+
+def test_seed_flags_map_onto_the_registry(tiny_model_dir, tmp_path):
+    import json
+    assert run.main(["--method", "latent_mas", "--model_name", str(tiny_model_dir), "--max_samples", "1",
+                     "--max_new_tokens", "4", "--temperature", "0", "--latent_steps", "2", "--knn_filter",
+                     "--knn_strategy", "bottom", "--knn_percentage", "0.6", "--output_dir", str(tmp_path)]) == 0
+    summary = json.loads(next(tmp_path.glob("*/summary.json")).read_text())
+    assert summary["compression"]["kv_policy"] == "knn-bottom" and summary["compression"]["kv_keep"] == 0.6
+    assert 0 < summary["kv_kept_share_judger_mean"] < 1 and "knn-bottom" in next(tmp_path.iterdir()).name
