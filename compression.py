@@ -39,6 +39,12 @@ class HandOff:
     def model(self):
         return self.wrapper.model
 
+    @property
+    def device(self):
+        """Where scores go: the device of the state's masks. With --device_map each layer's keys stay on their own
+        device; a policy scores a layer there and moves only the (B, H, T) result."""
+        return self.state.mask.device
+
     def keys(self) -> list[torch.Tensor]:
         return [k.float() for k, _ in self.state.layer_tensors()]
 
@@ -93,14 +99,16 @@ def _prompt_attention(model, state: KVState, enc) -> list[torch.Tensor]:
                                  causal[None] & enc.mask.bool()[:, None, :]], dim=2)  # (B, Lq, T + Lq)
             out = []
             for i, attn in enumerate(attns):
+                # each layer is scored on its own device (--device_map); the result stays there
                 q, k = queries[i], keys[i].float()
+                allowed_i, real_q = allowed.to(k.device), enc.mask.to(k.device)
                 b, hq, _, d = q.shape
                 hk = k.shape[1]
                 logits = (q.view(b, hk, hq // hk, lq, d) @ k[:, :, None].transpose(-1, -2)) * getattr(
                     attn, "scaling", d ** -0.5)
-                logits = logits.masked_fill(~allowed[:, None, None], float("-inf"))
+                logits = logits.masked_fill(~allowed_i[:, None, None], float("-inf"))
                 probs = torch.softmax(logits, dim=-1).nan_to_num(0.0)[..., :past_len]
-                probs = probs * enc.mask[:, None, None, :, None]
+                probs = probs * real_q[:, None, None, :, None]
                 out.append(probs.sum(dim=2))  # (B, H_kv, Lq, T)
     finally:
         for hk_ in hooks:
@@ -136,8 +144,8 @@ class Knn:
 
     def score(self, h: HandOff) -> torch.Tensor:
         if self.query == "attention":
-            s = torch.stack([a.sum(dim=2) / h.next_prompt.mask.sum(1).clamp_min(1)[:, None, None]
-                             for a in h.attention()])
+            n_real = h.next_prompt.mask.sum(1).clamp_min(1)[:, None, None].to(h.device)
+            s = torch.stack([a.sum(dim=2).to(h.device) / n_real for a in h.attention()])
         else:
             keys = h.keys()
             q = h.wrapper.embed_mean(h.next_prompt).float()
@@ -145,9 +153,10 @@ class Knn:
             q = F.normalize(_fit_query(q, d, n_kv), dim=-1)
             if h.scope == "shared":
                 kbar = F.normalize(keys[len(keys) // 2].mean(dim=1), dim=-1)  # (B, T, d)
-                s = torch.einsum("btd,bd->bt", kbar, q)[None, :, None, :]
+                s = torch.einsum("btd,bd->bt", kbar, q.to(kbar.device)).to(h.device)[None, :, None, :]
             else:
-                s = torch.stack([torch.einsum("bhtd,bd->bht", F.normalize(k, dim=-1), q) for k in keys])
+                s = torch.stack([torch.einsum("bhtd,bd->bht", F.normalize(k, dim=-1), q.to(k.device)).to(h.device)
+                                 for k in keys])
         return s if self.strategy == "top" else -s
 
 
@@ -160,7 +169,7 @@ class SnapKV:
     kernel: int = 7
 
     def score(self, h: HandOff) -> torch.Tensor:
-        s = torch.stack([a[:, :, -self.window:].sum(dim=2) for a in h.attention()])  # (L, B, H, T)
+        s = torch.stack([a[:, :, -self.window:].sum(dim=2).to(h.device) for a in h.attention()])  # (L, B, H, T)
         # pool over each row's real entries only: padding between agents' blocks must not join neighbours
         pooled = torch.zeros_like(s)
         for b in range(s.shape[1]):
@@ -187,7 +196,7 @@ class Knorm:
     """Keep keys with a low L2 norm (Devoto et al. 2024, arXiv 2406.11430), per layer and KV head."""
 
     def score(self, h: HandOff) -> torch.Tensor:
-        return -torch.stack([k.norm(dim=-1) for k in h.keys()])
+        return -torch.stack([k.norm(dim=-1).to(h.device) for k in h.keys()])
 
 
 @dataclass
@@ -195,11 +204,11 @@ class KeyDiff:
     """KeyDiff (Park et al. 2025, arXiv 2504.15364): keep keys far (in cosine) from the mean key of their head."""
 
     def score(self, h: HandOff) -> torch.Tensor:
-        m = h.state.mask[:, None, :, None].float()
         out = []
         for k in h.keys():
+            m = h.state.mask[:, None, :, None].float().to(k.device)
             mean = (k * m).sum(dim=2, keepdim=True) / m.sum(dim=2, keepdim=True).clamp_min(1)
-            out.append(-F.cosine_similarity(k, mean, dim=-1))
+            out.append(-F.cosine_similarity(k, mean, dim=-1).to(h.device))
         return torch.stack(out)
 
 
@@ -279,7 +288,8 @@ class Compressor:
         return prot
 
     @torch.no_grad()
-    def __call__(self, wrapper, state: KVState, next_prompt, generators: list[torch.Generator]) -> None:
+    def __call__(self, wrapper, state: KVState, next_prompt,
+                 generators: list[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor] | None:
         if state.length == 0:
             return
         prot = self.protected(state)
@@ -301,6 +311,7 @@ class Compressor:
         order = torch.where(real, top, torch.full_like(top, -1)).sort(dim=-1).values
         keep = slot[None, :] >= (k - budget)[:, None]
         select(wrapper.model, state, order.clamp_min(0), keep.long(), self.positions)
+        return order.clamp_min(0), keep  # for observers: the kept columns of the cache before, and the real slots
 
 
 def compressor_from_args(args) -> Compressor | None:

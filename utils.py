@@ -49,6 +49,8 @@ def wilson_ci(correct: int, n: int, z: float = 1.96) -> list[float]:
 def run_dir_name(args) -> str:
     model = Path(args.model_name.rstrip("/")).name if os.path.isdir(args.model_name) else args.model_name
     parts = [args.method, args.task, model.replace("/", "_")]
+    if getattr(args, "agents", None):
+        parts.append(Path(args.agents).stem)
     if args.method == "latent_mas":
         parts.append(f"m{args.latent_steps}")
     if getattr(args, "kv_policy", "none") != "none":

@@ -1,7 +1,7 @@
 """Side-by-side cost of baseline, text_mas and latent_mas on the same items, same model, greedy.
 
-Methods are interleaved item by item (baseline, text_mas, latent_mas on item 0, then item 1, ...) so machine noise
-falls on all three alike. Prints a table and writes JSON.
+Methods are interleaved batch by batch (baseline, text_mas, latent_mas on batch 0, then batch 1, ...) so machine
+noise falls on all three alike. Prints a table and writes JSON.
 
     python bench/latent_vs_text.py --max_samples 20 --max_new_tokens 256 --out bench/results/latent_vs_text.json
 """
@@ -13,6 +13,8 @@ import statistics
 import sys
 import time
 from pathlib import Path
+
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -34,8 +36,13 @@ def main() -> None:
     p.add_argument("--latent_steps", type=int, default=10)
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
+    p.add_argument("--batch", type=int, default=1,
+                   help="items per batch (greedy outputs do not depend on it; time per item = batch time / size)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--out", default="bench/results/latent_vs_text.json")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     items, info = load_task(args.task, max_samples=args.max_samples)
     model, tok, dev = load_model(args.model_name, args.device, args.dtype)
@@ -45,13 +52,14 @@ def main() -> None:
     set_seed(42)
     rows = {m: [] for m in METHODS}
     t_start = time.time()
-    for it in items:
+    for start in range(0, len(items), args.batch):
+        batch = items[start:start + args.batch]
         for m in METHODS:
-            rec = get_method(m)(wrapper, [it], cfg)[0]
-            rows[m].append({"index": it.index, "time_s": rec["time_s"], "generated_tokens": rec["generated_tokens"],
-                            "correct": rec["correct"]})
-        print(f"item {it.index}: " + "  ".join(f"{m} {rows[m][-1]['time_s']:.1f}s/{rows[m][-1]['generated_tokens']}t"
-                                                 for m in METHODS), file=sys.stderr, flush=True)
+            with torch.inference_mode():
+                recs = get_method(m)(wrapper, batch, cfg)
+            rows[m] += [{"index": r["index"], "time_s": r["time_s"], "generated_tokens": r["generated_tokens"],
+                         "correct": r["correct"]} for r in recs]
+            print(f"items {start}+: {m} {sum(r['time_s'] for r in recs):.1f}s", file=sys.stderr, flush=True)
     table = {}
     for m in METHODS:
         r = rows[m]
@@ -65,7 +73,7 @@ def main() -> None:
               "tokens_text_over_latent": txt["generated_tokens_mean"] / max(lat["generated_tokens_mean"], 1e-9),
               "time_latent_over_baseline": lat["time_per_item_mean_s"] / table["baseline"]["time_per_item_mean_s"]}
     print(f"\n{args.model_name} on {args.task} (first {len(items)}, {info['source']}), greedy, "
-          f"max_new_tokens {args.max_new_tokens}, latent_steps {args.latent_steps}, device {dev}")
+          f"max_new_tokens {args.max_new_tokens}, latent_steps {args.latent_steps}, device {dev}, batch {args.batch}")
     print("| method | accuracy (95% CI) | time/item mean (median) s | generated tokens mean |")
     print("|---|---|---|---|")
     for m in METHODS:

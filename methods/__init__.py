@@ -26,6 +26,20 @@ class MethodConfig:
     compressor: object = None  # compression.Compressor: prunes the shared cache at hand-offs (latent_mas)
     fidelity: bool = False  # latent_mas: also run the uncompressed team and score the judger against it
     stacked_prompts: bool = False  # the seed's --include_old_prompts
+    observer: object = None  # observe.Observer (latent_mas): look() before each hand-off, record() after each agent
+    team: object = None  # teams.Team; None: the shipped team of `prompt`
+
+    def get_team(self):
+        from teams import default_team
+
+        return self.team if self.team is not None else default_team(self.prompt)
+
+    @property
+    def flow(self) -> str:
+        """"chain" or "parallel" (see registry.TOPOLOGIES)."""
+        from registry import TOPOLOGIES
+
+        return TOPOLOGIES[self.prompt][1]
 
 
 def answer_for(item, cfg: MethodConfig) -> str:

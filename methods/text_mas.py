@@ -1,27 +1,28 @@
-"""TextMAS: every agent writes text; sequential hands each text on, hierarchical only to the final agent."""
+"""TextMAS: every agent writes text. In a chain each agent reads all earlier agents' text; in a parallel team the
+workers answer alone and only the last agent reads them."""
 from __future__ import annotations
 
 from kv_state import KVState
 from methods import MethodConfig, agent_record, answer_for, item_record
-from prompts import DEFAULT_TEAM, agent_prompt, context_label
+from prompts import agent_prompt
 from utils import item_generator, now
 
 
-def run_batch(wrapper, items, cfg: MethodConfig, team=DEFAULT_TEAM) -> list[dict]:
+def run_batch(wrapper, items, cfg: MethodConfig) -> list[dict]:
+    team = cfg.get_team()
     n = len(items)
     gens = [item_generator(cfg.seed, it.index) for it in items]
     contexts = [""] * n
     agents: list[list[dict]] = [[] for _ in range(n)]
     texts = [""] * n
-    for k, agent in enumerate(team):
-        final = k == len(team) - 1
-        # hierarchical workers solve alone; the final agent (and every agent in sequential) reads the context
-        sees_context = final or cfg.prompt == "sequential"
-        prompts = [agent_prompt("text", cfg.prompt, agent.role, it.question, answer_for(it, cfg),
+    for k, agent in enumerate(team.agents):
+        final = k == len(team.agents) - 1
+        sees_context = final or cfg.flow == "chain"
+        prompts = [agent_prompt(agent, "text", it.question, answer_for(it, cfg),
                                 wrapper.truncate_tokens(contexts[i], cfg.text_mas_context_length)
                                 if sees_context else "")
                    for i, it in enumerate(items)]
-        enc = wrapper.encode([wrapper.render(p) for p in prompts])
+        enc = wrapper.encode([wrapper.render(p, system=agent.system) for p in prompts])
         state = KVState.empty(n, wrapper.device)
         t0 = now(wrapper.device)
         dec = wrapper.generate(state, enc, cfg.max_new_tokens, cfg.temperature, cfg.top_p, gens)
@@ -31,6 +32,6 @@ def run_batch(wrapper, items, cfg: MethodConfig, team=DEFAULT_TEAM) -> list[dict
             agents[i].append(agent_record(agent.name, agent.role, enc.lengths()[i], 0, len(dec.tokens[i]), (0, 0),
                                           kv_out[i], share, dec.texts[i]))
             if not final:
-                contexts[i] += f"[{context_label(cfg.prompt, agent)}]:\n{dec.texts[i]}\n\n"
+                contexts[i] += f"[{agent.name}]:\n{dec.texts[i]}\n\n"
         texts = dec.texts
     return [item_record(it, texts[i], agents[i], cfg) for i, it in enumerate(items)]

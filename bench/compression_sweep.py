@@ -1,0 +1,114 @@
+"""Compression sweep: policy x keep ratio on the same items, against the uncompressed team, in one process.
+
+Per batch of items the uncompressed latent_mas team runs once (the reference: its greedy judger output and
+next-token distributions); then every setting runs on the same batch and is scored against it (fidelity), so all
+settings see the same machine noise. Greedy decoding; batched == unbatched is tested, so --batch only sets speed.
+
+    python bench/compression_sweep.py --max_samples 20 --max_new_tokens 128 --out bench/results/sweep.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from compression import POLICIES, Compressor  # noqa: E402
+from data import load_task  # noqa: E402
+from methods import MethodConfig, latent_mas  # noqa: E402
+from models import ModelWrapper, load_model  # noqa: E402
+from registry import DEFAULT_MODEL, TASKS  # noqa: E402
+from utils import set_seed, wilson_ci  # noqa: E402
+
+
+def settings(args) -> list[tuple[str, str, float | None, str]]:
+    """(label, policy, keep, positions); policy "none" is the uncompressed run."""
+    out = [("none", "none", None, "original")]
+    out += [(f"{p} k{k:g}", p, k, "original") for p in args.policies for k in args.keeps]
+    out += [(f"knn-bottom k{k:g} shift", "knn-bottom", k, "shift") for k in args.shift_keeps]
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model_name", default=DEFAULT_MODEL)
+    p.add_argument("--task", default="gsm8k", choices=list(TASKS))
+    p.add_argument("--max_samples", type=int, default=20)
+    p.add_argument("--max_new_tokens", type=int, default=128)
+    p.add_argument("--latent_steps", type=int, default=10)
+    p.add_argument("--policies", nargs="+", default=list(POLICIES), choices=list(POLICIES))
+    p.add_argument("--keeps", nargs="+", type=float, default=[0.9, 0.7, 0.5])
+    p.add_argument("--shift_keeps", nargs="*", type=float, default=[0.9, 0.7, 0.5],
+                   help="knn-bottom with the seed's shift positions, to compare with original")
+    p.add_argument("--scope", default="shared")
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--out", default="bench/results/compression_sweep.json")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    items, info = load_task(args.task, max_samples=args.max_samples)
+    model, tok, dev = load_model(args.model_name, args.device, args.dtype)
+    wrapper = ModelWrapper(model, tok, dev)
+    base = dict(answer_type=TASKS[args.task].answer_type, max_new_tokens=args.max_new_tokens, temperature=0.0,
+                top_p=1.0, seed=42, latent_steps=args.latent_steps)
+    set_seed(42)
+    runs = settings(args)
+    rows: dict[str, list[dict]] = {label: [] for label, *_ in runs}
+    t_start = time.time()
+    for start in range(0, len(items), args.batch):
+        batch = items[start:start + args.batch]
+        with torch.inference_mode():
+            ref = latent_mas.reference(wrapper, batch, MethodConfig(**base))
+            for label, policy, keep, positions in runs:
+                comp = None if policy == "none" else Compressor(policy, keep=keep, scope=args.scope,
+                                                                positions=positions)
+                t_set = time.time()
+                for r in latent_mas.run_batch(wrapper, batch, MethodConfig(**base, compressor=comp), ref=ref):
+                    judger = r["agents"][-1]
+                    rows[label].append({"index": r["index"], "correct": r["correct"], "time_s": r["time_s"],
+                                        "kv_bytes_judger": judger["kv_bytes_in"],
+                                        "kv_tokens_judger": judger["kv_tokens_in"],
+                                        "kept_share": r.get("kv_kept_share", 1.0),
+                                        "compress_s": sum(a.get("compress_time_s", 0) for a in r["agents"]),
+                                        "agreement": r["fidelity"]["agreement"], "kl": r["fidelity"]["kl"],
+                                        "output_match": r["fidelity"]["output_match"]})
+                print(f"  {label}: {time.time() - t_set:.0f}s", file=sys.stderr, flush=True)
+        print(f"items {start}-{start + len(batch) - 1} done, {time.time() - t_start:.0f}s", file=sys.stderr,
+              flush=True)
+
+    table = {}
+    for label, policy, keep, positions in runs:
+        r = rows[label]
+        correct = sum(x["correct"] for x in r)
+        table[label] = {"policy": policy, "keep": keep, "positions": positions, "n": len(r), "correct": correct,
+                        "ci95": wilson_ci(correct, len(r)),
+                        **{f"{k}_mean": statistics.mean(x[k] for x in r)
+                           for k in ("kv_bytes_judger", "kv_tokens_judger", "kept_share", "time_s", "compress_s",
+                                     "agreement", "kl", "output_match")}}
+    print(f"\n{args.model_name} on {args.task} (first {len(items)}, {info['source']}), latent_mas, greedy, "
+          f"max_new_tokens {args.max_new_tokens}, latent_steps {args.latent_steps}, scope {args.scope}, "
+          f"device {dev}, batch {args.batch}")
+    print("| setting | judger KV MB | kept share | time/item s | agreement | KL | same output | accuracy (95% CI) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for label, t in table.items():
+        print(f"| {label} | {t['kv_bytes_judger_mean'] / 2**20:.2f} | {t['kept_share_mean']:.3f} | "
+              f"{t['time_s_mean']:.2f} | {t['agreement_mean']:.3f} | {t['kl_mean']:.3f} | "
+              f"{t['output_match_mean']:.2f} | {t['correct']}/{t['n']} [{t['ci95'][0]:.2f}, {t['ci95'][1]:.2f}] |")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"args": vars(args), "data": info, "device": str(dev), "table": table, "rows": rows,
+                               "wall_s": time.time() - t_start}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

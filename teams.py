@@ -1,0 +1,144 @@
+"""Agent teams as data: a JSON or YAML file lists the agents in order; the last one writes the answer.
+
+    {"description": "...",
+     "agents": [{"name": "Planner", "role": "planner", "prompt": "... {question} ...", "mode": "latent",
+                 "system": "You are a helpful assistant."}, ...]}
+
+`prompt` is one template, or {"latent": ..., "text": ...} when latent_mas and text_mas should differ. Templates
+may use {question}, {context} (text handed on by earlier agents: text_mas only) and {answer} (the task's
+answer-format sentence); write literal braces as {{ and }}. `mode` (latent_mas): "latent" thinks in latent steps,
+"text" writes text onto the shared cache; the last agent always writes. `system` defaults to DEFAULT_SYSTEM;
+null or "" sends no system message.
+"""
+from __future__ import annotations
+
+import json
+import string
+from dataclasses import dataclass
+from pathlib import Path
+
+TEAMS_DIR = Path(__file__).resolve().parent / "teams"
+PLACEHOLDERS = ("question", "context", "answer")
+FAMILIES = ("latent", "text")
+MODES = ("latent", "text")
+DEFAULT_SYSTEM = "You are a helpful assistant."
+
+
+class TeamError(Exception):
+    """A team file is unusable; the message names the file, the agent and the fix."""
+
+
+@dataclass(frozen=True)
+class AgentSpec:
+    name: str
+    role: str
+    prompts: tuple[tuple[str, str], ...]  # (family, template) pairs
+    system: str | None = DEFAULT_SYSTEM
+    mode: str = "latent"
+
+    def template(self, family: str) -> str:
+        return dict(self.prompts)[family]
+
+
+@dataclass(frozen=True)
+class Team:
+    agents: tuple[AgentSpec, ...]
+    source: str
+    description: str = ""
+
+    def as_dict(self) -> dict:
+        return {"source": self.source, "description": self.description,
+                "agents": [{"name": a.name, "role": a.role, "mode": a.mode, "system": a.system,
+                            "prompt": dict(a.prompts)} for a in self.agents]}
+
+
+def _check_template(text: object, where: str) -> str:
+    if not isinstance(text, str) or not text.strip():
+        raise TeamError(f"{where}: the prompt must be a non-empty string")
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(text) if f is not None]
+    except ValueError as e:
+        raise TeamError(f"{where}: {e}; write literal braces as {{{{ and }}}}") from None
+    unknown = sorted({f for f in fields if f not in PLACEHOLDERS})
+    if unknown:
+        raise TeamError(f"{where}: unknown placeholder(s) {', '.join('{' + f + '}' for f in unknown)}; allowed: "
+                        f"{', '.join('{' + p + '}' for p in PLACEHOLDERS)} (literal braces: {{{{ and }}}})")
+    return text
+
+
+def _parse_agent(raw: object, i: int, n: int, source: str) -> AgentSpec:
+    if not isinstance(raw, dict):
+        raise TeamError(f"{source}: agent #{i + 1} must be an object with name, role and prompt")
+    name = raw.get("name")
+    where = f"{source}: agent #{i + 1} ({name or 'unnamed'})"
+    missing = [k for k in ("name", "prompt") if not raw.get(k)]
+    if missing:
+        raise TeamError(f"{where}: missing {', '.join(missing)}")
+    unknown = sorted(set(raw) - {"name", "role", "prompt", "system", "mode"})
+    if unknown:
+        raise TeamError(f"{where}: unknown field(s) {', '.join(unknown)}; allowed: name, role, prompt, system, mode")
+    prompt = raw["prompt"]
+    if isinstance(prompt, str):
+        prompts = {f: prompt for f in FAMILIES}
+    elif isinstance(prompt, dict) and set(prompt) <= set(FAMILIES) and prompt:
+        prompts = {f: prompt.get(f) or next(iter(prompt.values())) for f in FAMILIES}
+    else:
+        raise TeamError(f"{where}: prompt must be a string or an object with keys latent and/or text")
+    prompts = {f: _check_template(t, f"{where} prompt[{f}]") for f, t in prompts.items()}
+    mode = raw.get("mode", "text" if i == n - 1 else "latent")
+    if mode not in MODES:
+        raise TeamError(f"{where}: mode must be one of {', '.join(MODES)}, not {mode!r}")
+    if i == n - 1 and mode != "text":
+        raise TeamError(f"{where}: the last agent writes the answer, so its mode must be text (or left out)")
+    system = raw.get("system", DEFAULT_SYSTEM)
+    return AgentSpec(name=str(name), role=str(raw.get("role") or name).lower(),
+                     prompts=tuple((f, prompts[f]) for f in FAMILIES), system=system or None, mode=mode)
+
+
+def parse_team(data: object, source: str) -> Team:
+    if isinstance(data, list):
+        data = {"agents": data}
+    if not isinstance(data, dict) or not isinstance(data.get("agents"), list) or not data["agents"]:
+        raise TeamError(f"{source}: a team file needs a non-empty list under \"agents\"; the last agent writes "
+                        "the answer")
+    raw_agents = data["agents"]
+    agents = tuple(_parse_agent(a, i, len(raw_agents), source) for i, a in enumerate(raw_agents))
+    names = [a.name for a in agents]
+    dupes = sorted({x for x in names if names.count(x) > 1})
+    if dupes:
+        raise TeamError(f"{source}: agent names must be unique; repeated: {', '.join(dupes)}")
+    return Team(agents, source, str(data.get("description", "")))
+
+
+def load_team(path: str | Path) -> Team:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise TeamError(f"cannot read team file {path}: {e.strerror}; give --agents a JSON or YAML file") from None
+    try:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise TeamError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
+    except Exception as e:  # yaml errors carry their own line marks
+        raise TeamError(f"{path}: invalid YAML: {' '.join(str(e).split())}") from None
+    return parse_team(data, str(path))
+
+
+def default_team(topology: str) -> Team:
+    """The shipped team file behind a --prompt topology."""
+    from registry import TOPOLOGIES
+
+    return load_team(TEAMS_DIR / TOPOLOGIES[topology][0])
+
+
+def with_first_agent_text(team: Team) -> Team:
+    """The --first_agent_text shortcut: the first agent writes text onto the shared cache."""
+    from dataclasses import replace
+
+    return replace(team, agents=(replace(team.agents[0], mode="text"), *team.agents[1:]))

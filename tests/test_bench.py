@@ -1,0 +1,48 @@
+"""The bench scripts' measuring parts run on the tiny model (the scripts themselves are run by hand, not here)."""
+from __future__ import annotations
+
+import importlib.util
+from types import SimpleNamespace
+
+import torch
+
+from models import ModelWrapper
+from tests.conftest import ROOT
+
+
+def _bench(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_synthetic_state_is_a_cache_the_model_reads(tiny):
+    common = _bench("common")
+    model, tok, dev = tiny
+    w = ModelWrapper(model, tok, dev)
+    state = common.synthetic_state(model, 40, batch=2, block=20, latents=5)
+    assert state.valid_tokens() == [40, 40] and state.kind_counts(2) == [10, 10]
+    enc = common.prompt_of(w, 12, batch=2)
+    assert enc.ids.shape[1] >= 12
+    with torch.inference_mode():
+        w.prefill_and_think(state, enc, 2)
+    assert state.next_pos.tolist() == [40 + enc.ids.shape[1] + 2] * 2
+
+
+def test_latent_step_and_compression_overhead_measure(tiny):
+    model, tok, dev = tiny
+    w = ModelWrapper(model, tok, dev)
+    latent_step, overhead = _bench("latent_step"), _bench("compression_overhead")
+    one = latent_step.prompt_of(w, 1)
+    one.ids, one.mask = one.ids[:, -1:], one.mask[:, -1:]
+    args = SimpleNamespace(batch=1, steps=2, repeats=2, wrapper_repeats=1)
+    with torch.inference_mode():
+        t = latent_step.measure(w, args, one, 16)
+    assert {k: len(v) for k, v in t.items()} == {"latent": 2, "decode": 2, "lm_head": 2, "think": 1, "generate": 1}
+    args = SimpleNamespace(prompt_tokens=8, latent_steps=2, keep=0.5, seed=0, repeats=1,
+                           policies=["knorm", overhead.ATTENTION_KNN], scopes=["shared", "head"])
+    enc = overhead.prompt_of(w, 8)
+    with torch.inference_mode():
+        agent, times = overhead.measure(w, args, enc, 32, warm_up=False)
+    assert len(agent) == 1 and set(times) == {(p, s) for p in args.policies for s in args.scopes}
