@@ -54,7 +54,9 @@ def layer_similarity(wrapper, state, next_prompt) -> torch.Tensor:
     keys = [k for k, _ in state.layer_tensors()]
     q = wrapper.embed_mean(next_prompt).float()
     q = F.normalize(_fit_query(q, keys[0].shape[-1], keys[0].shape[1]), dim=-1)
-    return torch.stack([torch.einsum("btd,bd->bt", F.normalize(k.float().mean(dim=1), dim=-1), q) for k in keys])
+    # per layer on that layer's device (a model spread with --device_map keeps its layers on several), then CPU
+    return torch.stack([torch.einsum("btd,bd->bt", F.normalize(k.float().mean(dim=1), dim=-1), q.to(k.device)).cpu()
+                        for k in keys])
 
 
 def kept_mask(kept, mask: torch.Tensor, n_layers: int, n_heads: int) -> torch.Tensor:
@@ -102,7 +104,7 @@ class Observer:
         if not self.heatmaps or state.length == 0:
             return None
         sim = layer_similarity(wrapper, state, next_prompt)
-        return Look(sim.cpu(), state.mask.cpu(), state.kinds[0, :, 0, :].cpu(), state.pos.cpu(),
+        return Look(sim, state.mask.cpu(), state.kinds[0, :, 0, :].cpu(), state.pos.cpu(),
                     state.layer_tensors()[0][0].shape[1])
 
     def record(self, items, agents, k: int, look: Look | None, kept, trace: dict | None) -> None:

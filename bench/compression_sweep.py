@@ -28,11 +28,29 @@ from utils import set_seed, wilson_ci  # noqa: E402
 
 
 def settings(args) -> list[tuple[str, str, float | None, str]]:
-    """(label, policy, keep, positions); policy "none" is the uncompressed run."""
+    """(label, policy, keep, positions), keep ratio by keep ratio (so an interrupted sweep still covers every
+    policy at the first ratios); policy "none" is the uncompressed run."""
     out = [("none", "none", None, "original")]
-    out += [(f"{p} k{k:g}", p, k, "original") for p in args.policies for k in args.keeps]
-    out += [(f"knn-bottom k{k:g} shift", "knn-bottom", k, "shift") for k in args.shift_keeps]
+    for k in args.keeps:
+        out += [(f"{p} k{k:g}", p, k, "original") for p in args.policies]
+        if k in args.shift_keeps:
+            out.append((f"knn-bottom k{k:g} shift", "knn-bottom", k, "shift"))
     return out
+
+
+def summarize(runs, rows) -> dict:
+    table = {}
+    for label, policy, keep, positions in runs:
+        r = rows[label]
+        if not r:
+            continue
+        correct = sum(x["correct"] for x in r)
+        table[label] = {"policy": policy, "keep": keep, "positions": positions, "n": len(r), "correct": correct,
+                        "ci95": wilson_ci(correct, len(r)),
+                        **{f"{k}_mean": statistics.mean(x[k] for x in r)
+                           for k in ("kv_bytes_judger", "kv_tokens_judger", "kept_share", "time_s", "compress_s",
+                                     "agreement", "kl", "output_match")}}
+    return table
 
 
 def main() -> None:
@@ -43,8 +61,8 @@ def main() -> None:
     p.add_argument("--max_new_tokens", type=int, default=128)
     p.add_argument("--latent_steps", type=int, default=10)
     p.add_argument("--policies", nargs="+", default=list(POLICIES), choices=list(POLICIES))
-    p.add_argument("--keeps", nargs="+", type=float, default=[0.9, 0.7, 0.5])
-    p.add_argument("--shift_keeps", nargs="*", type=float, default=[0.9, 0.7, 0.5],
+    p.add_argument("--keeps", nargs="+", type=float, default=[0.5, 0.7, 0.9])
+    p.add_argument("--shift_keeps", nargs="*", type=float, default=[0.5, 0.7, 0.9],
                    help="knn-bottom with the seed's shift positions, to compare with original")
     p.add_argument("--scope", default="shared")
     p.add_argument("--batch", type=int, default=4)
@@ -83,18 +101,12 @@ def main() -> None:
                                         "agreement": r["fidelity"]["agreement"], "kl": r["fidelity"]["kl"],
                                         "output_match": r["fidelity"]["output_match"]})
                 print(f"  {label}: {time.time() - t_set:.0f}s", file=sys.stderr, flush=True)
+                if start == 0:  # after each setting of the first batch, so an interrupted sweep keeps its results
+                    save(args, info, dev, summarize(runs, rows), rows, t_start)
         print(f"items {start}-{start + len(batch) - 1} done, {time.time() - t_start:.0f}s", file=sys.stderr,
               flush=True)
 
-    table = {}
-    for label, policy, keep, positions in runs:
-        r = rows[label]
-        correct = sum(x["correct"] for x in r)
-        table[label] = {"policy": policy, "keep": keep, "positions": positions, "n": len(r), "correct": correct,
-                        "ci95": wilson_ci(correct, len(r)),
-                        **{f"{k}_mean": statistics.mean(x[k] for x in r)
-                           for k in ("kv_bytes_judger", "kv_tokens_judger", "kept_share", "time_s", "compress_s",
-                                     "agreement", "kl", "output_match")}}
+    table = summarize(runs, rows)
     print(f"\n{args.model_name} on {args.task} (first {len(items)}, {info['source']}), latent_mas, greedy, "
           f"max_new_tokens {args.max_new_tokens}, latent_steps {args.latent_steps}, scope {args.scope}, "
           f"device {dev}, batch {args.batch}")
@@ -104,6 +116,10 @@ def main() -> None:
         print(f"| {label} | {t['kv_bytes_judger_mean'] / 2**20:.2f} | {t['kept_share_mean']:.3f} | "
               f"{t['time_s_mean']:.2f} | {t['agreement_mean']:.3f} | {t['kl_mean']:.3f} | "
               f"{t['output_match_mean']:.2f} | {t['correct']}/{t['n']} [{t['ci95'][0]:.2f}, {t['ci95'][1]:.2f}] |")
+    save(args, info, dev, table, rows, t_start)
+
+
+def save(args, info, dev, table, rows, t_start) -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"args": vars(args), "data": info, "device": str(dev), "table": table, "rows": rows,
