@@ -68,6 +68,10 @@ _OPTION_CUE = re.compile(
 _OPTION_IS = re.compile(
     r"(?i:option|choice)\s*\(?([1-9])\)?\s+(?i:is)\s+(?:(?i:the)\s+)?(?i:correct|right|best|answer)")
 _OPTION_LINE = re.compile(r"^[\s*_>#`]*(?:(?i:option|choice)\s*)?\(?([1-9])\)?[.)]?[\s*_`]*$")
+# A line of an option list ("D. soft", "Option 2: Maria"). A bare label right after one is the start of the next
+# list entry cut off by the token limit (small models repeat the options until they run out of tokens), not an
+# answer, so the last-line rule does not fire there.
+_LISTED = re.compile(r"^[\s*_>#`]*(?:(?i:option|choice)\s*)?\(?(?:[A-J]|[1-9])\s*[.):]\s*\S")
 
 # Code: fenced blocks (the closing fence at a line start, or glued to the last code line), python or untagged.
 _FENCE = re.compile(r"^[ \t]*```[ \t]*([\w+.#-]*)[^\n]*\n(.*?)(?:^[ \t]*```|```[ \t]*$)", re.DOTALL | re.MULTILINE)
@@ -250,29 +254,29 @@ def _number_fallback(region: str) -> str | None:
     return normalize_number(nums[-1]) if nums else None
 
 
+def _last_line_label(region: str, pattern: re.Pattern) -> re.Match | None:
+    """A final line that is nothing but a label, unless it follows a line of an option list."""
+    lines = [ln for ln in region.strip().splitlines() if ln.strip()]
+    if not lines or (len(lines) > 1 and _LISTED.match(lines[-2])):
+        return None
+    return pattern.match(lines[-1])
+
+
 def _letter_fallback(region: str) -> str | None:
     hits = list(_LETTER_CUE.finditer(region))
     if hits:
         m = hits[-1]
         return (m.group(1) or m.group(2)).upper()
-    lines = [ln for ln in region.strip().splitlines() if ln.strip()]
-    if lines:
-        m = _LETTER_LINE.match(lines[-1])
-        if m:
-            return m.group(1)
-    return None
+    m = _last_line_label(region, _LETTER_LINE)
+    return m.group(1) if m else None
 
 
 def _option_fallback(region: str) -> str | None:
     hits = [(m.start(), m.group(1)) for p in (_OPTION_CUE, _OPTION_IS) for m in p.finditer(region)]
     if hits:
         return max(hits)[1]
-    lines = [ln for ln in region.strip().splitlines() if ln.strip()]
-    if lines:
-        m = _OPTION_LINE.match(lines[-1])
-        if m:
-            return m.group(1)
-    return None
+    m = _last_line_label(region, _OPTION_LINE)
+    return m.group(1) if m else None
 
 
 _NORMALIZERS = {"number": normalize_number, "integer": normalize_number, "letter": normalize_letter,

@@ -89,6 +89,9 @@ LETTER_CASES = [
     ("I think the answer is a bit unclear.", None, "none"),
     ("<think>\nOption A: hemolytic uremic syndrome. Option B: oral ulcers. Hmm, answer is probably", None, "none"),
     ("<think>long thoughts about option A</think>\nAnswer: C", "C", "fallback"),
+    # SmolLM2 on ARC-Easy repeating the options until the token limit: the cut-off "A" is not an answer.
+    ("A. gray\nB. warm\nC. long\nD. soft\n\nA. gray\nB. warm\nC. long\nD. soft\n\nA", None, "none"),
+    ("A. brain cells\nB. bone cells\n\nThe correct answer is:\nC. muscle cells", "C", "fallback"),
 ]
 
 
@@ -213,6 +216,7 @@ OPTION_CASES = [
     ("Answer: Option 1", "1", "fallback"),
     ("Option 2 is correct because Maria got the easier cases.", "2", "fallback"),
     ("Reasoning...\n**Option 1**", "1", "fallback"),
+    ("Option 1: Sarah\nOption 2: Maria\nOption 1", None, "none"),  # a repeated list cut off, not an answer
     ("Sarah was the better surgeon, so the blank is the other person.", None, "none"),
     ("The answer is 2.5 times harder", None, "none"),
 ]
