@@ -163,6 +163,14 @@ def _rerotate(model, keys: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
     return (keys.float() * cos + _rotate_half(keys.float()) * sin).to(keys.dtype)
 
 
+def _take(x: torch.Tensor, idx: torch.Tensor, shared: bool) -> torch.Tensor:
+    """x[b, h, idx[b, h, :], :]. When every head keeps the same columns, index_select per row copies whole rows of
+    head_dim at once (profiled about 4x faster than gather on CPU); per-head selections need the gather."""
+    if shared:
+        return torch.stack([x[b].index_select(1, idx[b, 0]) for b in range(x.shape[0])])
+    return torch.gather(x, 2, idx[..., None].expand(-1, -1, -1, x.shape[-1]))
+
+
 @torch.no_grad()
 def select(model, state: KVState, index: torch.Tensor, keep: torch.Tensor, positions: str = "original") -> None:
     """Keep, per layer / row / KV head, the cache columns `index` (L', B, H', K), in place.
@@ -182,13 +190,11 @@ def select(model, state: KVState, index: torch.Tensor, keep: torch.Tensor, posit
     for li, layer in enumerate(layers):
         # every layer's tensors stay on that layer's device (--device_map): the index goes to them
         idx = index[li if lp > 1 else 0].to(layer.keys.device).expand(bsz, n_heads, k)
-        gather_idx = idx[..., None].expand(-1, -1, -1, layer.keys.shape[-1])
-        keys = torch.gather(layer.keys, 2, gather_idx)
+        keys, values = _take(layer.keys, idx, shared=hp == 1), _take(layer.values, idx, shared=hp == 1)
         if positions == "rerotate":
             delta = new_pos[:, None, :] - old_pos[li if lp > 1 else 0]
             keys = _rerotate(model, keys, delta)
-        layer.keys = keys
-        layer.values = torch.gather(layer.values, 2, idx[..., None].expand(-1, -1, -1, layer.values.shape[-1]))
+        layer.keys, layer.values = keys, values
     state.kinds = torch.gather(state.kinds.expand(lp, bsz, hp, -1), 3, index) * keep[None, :, None, :]
     state.mask = keep.long()
     if positions == "original":
