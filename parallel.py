@@ -341,7 +341,8 @@ def _ranges(numbers) -> str:
     return shown + (f", ... ({len(nums)} in all)" if len(nums) > 12 else "")
 
 
-def merge_runs(dirs: list[Path], out: Path | None, runtime_flags, allow_missing: bool = False) -> tuple[Path, dict]:
+def merge_runs(dirs: list[Path], out: Path | None, runtime_flags, allow_missing: bool = False,
+               parent: Path | None = None) -> tuple[Path, dict]:
     """Combine the shards of one configuration into one run directory; returns it and its summary.
 
     Refuses runs whose saved settings differ in anything but the shard id and runtime flags, a shard given twice,
@@ -396,7 +397,7 @@ def merge_runs(dirs: list[Path], out: Path | None, runtime_flags, allow_missing:
     if out is None:
         base = re.sub(r"_shard\d+of\d+", "", ref_dir.name)
         base = re.sub(r"_\d{8}-\d{6}$", "", base)
-        out = ref_dir.parent / f"{base}_merged{k}_{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+        out = Path(parent or ref_dir.parent) / f"{base}_merged{k}_{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise ScaleOutError(f"--out {out} exists and is not empty; choose a new folder")
@@ -426,11 +427,13 @@ def merge_main(argv: list[str], runtime_flags) -> int:
                                             "directory with results.jsonl in item order and one summary.json.")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="the shards' run directories")
     p.add_argument("--out", default=None, help="the merged run directory (default: beside the first shard)")
+    p.add_argument("--output_dir", default=None,
+                   help="parent folder for the merged run directory, as for a run (ignored with --out)")
     p.add_argument("--allow_missing", action="store_true",
                    help="write the merge even if shards or items are missing (the summary says complete: false)")
     a = p.parse_args(argv)
     try:
-        out, summary = merge_runs(a.run_dirs, a.out, runtime_flags, a.allow_missing)
+        out, summary = merge_runs(a.run_dirs, a.out, runtime_flags, a.allow_missing, a.output_dir)
     except ScaleOutError as e:
         print(f"run.py merge: error: {e}", file=sys.stderr)
         return 2

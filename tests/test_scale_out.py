@@ -128,6 +128,10 @@ def test_shards_merge_into_the_single_process_run(shards, reference, tmp_path, c
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["n"] == 3
     config = json.loads((tmp_path / "merged" / "config.json").read_text())
     assert config["args"]["num_shards"] == 1 and len(config["merged_from"]) == 2
+    # --output_dir PARENT puts the merged run directory inside PARENT, as a run does
+    assert run.main(["merge", str(shards[0]), str(shards[1]), "--output_dir", str(tmp_path / "parent")]) == 0
+    (merged,) = (tmp_path / "parent").iterdir()
+    _same_run(merged, reference)
 
 
 def test_run_dir_continues_the_same_run(shards, tiny_model_dir, capsys):
