@@ -46,3 +46,25 @@ def test_latent_step_and_compression_overhead_measure(tiny):
     with torch.inference_mode():
         agent, times = overhead.measure(w, args, enc, 32, warm_up=False)
     assert len(agent) == 1 and set(times) == {(p, s) for p in args.policies for s in args.scopes}
+
+
+def test_memory_counts_storage_so_views_show_and_pruning_frees(tiny):
+    from compression import Compressor
+    from kv_state import extend, rollback
+    from utils import item_generator
+
+    common, memory = _bench("common"), _bench("memory")
+    model, tok, dev = tiny
+    w = ModelWrapper(model, tok, dev)
+    state = common.synthetic_state(model, 40, batch=2)
+    assert memory.storage_bytes(state) == state.nbytes()
+    enc = common.prompt_of(w, 8, batch=2)
+    with torch.inference_mode():
+        with rollback(state):  # the rolled-back columns stay in the storage the truncated views point into
+            extend(model, state, input_ids=enc.ids, new_mask=enc.mask)
+        assert memory.storage_bytes(state) > state.nbytes()
+        Compressor("random", keep=0.5, min_keep=0)(w, state, enc, [item_generator(0, i, "kv") for i in range(2)])
+    # pruning copies the kept entries into fresh tensors: the dropped ones no longer hold memory
+    assert state.valid_tokens() == [20, 20]
+    assert memory.storage_bytes(state) == state.nbytes() == state.length * 2 * sum(
+        k.shape[1] * k.shape[3] * k.element_size() * 2 for k, _ in state.layer_tensors())
