@@ -33,7 +33,7 @@ class HandOff:
     next_prompt: object  # models.Encoded
     scope: str
     generators: list[torch.Generator]
-    _attention: list[torch.Tensor] | None = field(default=None, repr=False)
+    _attention: dict = field(default_factory=dict, repr=False)
 
     @property
     def model(self):
@@ -48,12 +48,13 @@ class HandOff:
     def keys(self) -> list[torch.Tensor]:
         return [k.float() for k, _ in self.state.layer_tensors()]
 
-    def attention(self) -> list[torch.Tensor]:
+    def attention(self, last: int | None = None) -> list[torch.Tensor]:
         """Per layer, the attention (B, H_kv, Lq, T) that the next prompt's real queries pay to each cached entry,
-        summed over the query heads of each KV group; rows of padding queries are zero. Computed once."""
-        if self._attention is None:
-            self._attention = _prompt_attention(self.model, self.state, self.next_prompt)
-        return self._attention
+        summed over the query heads of each KV group; rows of padding queries are zero. With `last`, only the last
+        `last` queries (Lq = last): each query's softmax is its own, so these rows are exact. Computed once."""
+        if last not in self._attention:
+            self._attention[last] = _prompt_attention(self.model, self.state, self.next_prompt, last)
+        return self._attention[last]
 
 
 def _attention_modules(model) -> list:
@@ -71,9 +72,10 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _prompt_attention(model, state: KVState, enc) -> list[torch.Tensor]:
+def _prompt_attention(model, state: KVState, enc, last: int | None = None) -> list[torch.Tensor]:
     """Run the next prompt on the cache in a scoring pass (rolled back afterwards), rebuild each layer's queries
-    (projection, norm, RoPE at their real positions) and softmax them against the keys under the real mask."""
+    (projection, norm, RoPE at their real positions) and softmax them against the keys under the real mask; with
+    `last`, only the last `last` queries."""
     attns = _attention_modules(model)
     queries: dict[int, torch.Tensor] = {}
 
@@ -93,15 +95,16 @@ def _prompt_attention(model, state: KVState, enc) -> list[torch.Tensor]:
         with rollback(state):
             extend(model, state, input_ids=enc.ids, new_mask=enc.mask, want="hidden")
             keys = [k for k, _ in state.layer_tensors()]
-            lq = enc.ids.shape[1]
-            causal = torch.ones(lq, lq, dtype=torch.bool, device=past_mask.device).tril()
+            n = enc.ids.shape[1]
+            lq = min(last or n, n)
+            causal = torch.ones(n, n, dtype=torch.bool, device=past_mask.device).tril()[n - lq:]
             allowed = torch.cat([past_mask[:, None, :].expand(-1, lq, -1),
-                                 causal[None] & enc.mask.bool()[:, None, :]], dim=2)  # (B, Lq, T + Lq)
+                                 causal[None] & enc.mask.bool()[:, None, :]], dim=2)  # (B, Lq, T + n)
             out = []
             for i, attn in enumerate(attns):
                 # each layer is scored on its own device (--device_map); the result stays there
-                q, k = queries[i], keys[i].float()
-                allowed_i, real_q = allowed.to(k.device), enc.mask.to(k.device)
+                q, k = queries[i][:, :, n - lq:], keys[i].float()
+                allowed_i, real_q = allowed.to(k.device), enc.mask[:, n - lq:].to(k.device)
                 b, hq, _, d = q.shape
                 hk = k.shape[1]
                 logits = (q.view(b, hk, hq // hk, lq, d) @ k[:, :, None].transpose(-1, -2)) * getattr(
@@ -169,7 +172,7 @@ class SnapKV:
     kernel: int = 7
 
     def score(self, h: HandOff) -> torch.Tensor:
-        s = torch.stack([a[:, :, -self.window:].sum(dim=2).to(h.device) for a in h.attention()])  # (L, B, H, T)
+        s = torch.stack([a.sum(dim=2).to(h.device) for a in h.attention(last=self.window)])  # (L, B, H, T)
         # pool over each row's real entries only: padding between agents' blocks must not join neighbours
         pooled = torch.zeros_like(s)
         for b in range(s.shape[1]):

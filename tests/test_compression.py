@@ -282,3 +282,28 @@ def test_seed_flags_map_onto_the_registry(tiny_model_dir, tmp_path):
     summary = json.loads(next(tmp_path.glob("*/summary.json")).read_text())
     assert summary["compression"]["kv_policy"] == "knn-bottom" and summary["compression"]["kv_keep"] == 0.6
     assert 0 < summary["kv_kept_share_judger_mean"] < 1 and "knn-bottom" in next(tmp_path.iterdir()).name
+
+
+def test_prompt_attention_is_the_models_own_attention(tiny_model_dir):
+    """The attention the policies score with equals the attention weights the model itself computes (eager) for the
+    next prompt on the cache; the last-queries form SnapKV uses equals the last rows of the full one."""
+    from kv_state import _positions
+    from models import load_model
+
+    model, tok, dev = load_model(str(tiny_model_dir), device="cpu", dtype="float32", attn_implementation="eager")
+    w = ModelWrapper(model, tok, dev)
+    state = _state(w, QUESTIONS[:2])
+    enc = _next_prompt(w, QUESTIONS[:2])
+    assert int(enc.mask.sum(1).min()) < enc.ids.shape[1] and int(state.mask.sum(1).min()) < state.length  # padded
+    hand = compression.HandOff(w, state, enc, "head", _gens(2))
+    with torch.inference_mode():
+        full, last = hand.attention(), hand.attention(last=4)
+        ref = state.clone()
+        out = model(input_ids=enc.ids, attention_mask=torch.cat([ref.mask, enc.mask], dim=1),
+                    position_ids=_positions(ref, enc.mask), cache=ref.cache, output_attentions=True)
+    t, n_kv = state.length, model.config.num_key_value_heads
+    for ours, ours_last, a in zip(full, last, out.attentions):
+        b, hq, n, _ = a.shape
+        theirs = a.view(b, n_kv, hq // n_kv, n, -1).sum(dim=2)[..., :t] * enc.mask[:, None, :, None]
+        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(ours_last, ours[:, :, -4:], atol=1e-6, rtol=1e-5)
