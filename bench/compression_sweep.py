@@ -8,7 +8,6 @@ settings see the same machine noise. Greedy decoding; batched == unbatched is te
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -17,13 +16,14 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import machine, parser, setup, table  # noqa: E402
 
 from compression import POLICIES, Compressor  # noqa: E402
 from data import load_task  # noqa: E402
 from methods import MethodConfig, latent_mas  # noqa: E402
-from models import ModelWrapper, load_model  # noqa: E402
-from registry import DEFAULT_MODEL, TASKS  # noqa: E402
+from registry import TASKS  # noqa: E402
 from utils import set_seed, wilson_ci  # noqa: E402
 
 
@@ -39,23 +39,22 @@ def settings(args) -> list[tuple[str, str, float | None, str]]:
 
 
 def summarize(runs, rows) -> dict:
-    table = {}
+    out = {}
     for label, policy, keep, positions in runs:
         r = rows[label]
         if not r:
             continue
         correct = sum(x["correct"] for x in r)
-        table[label] = {"policy": policy, "keep": keep, "positions": positions, "n": len(r), "correct": correct,
-                        "ci95": wilson_ci(correct, len(r)),
-                        **{f"{k}_mean": statistics.mean(x[k] for x in r)
-                           for k in ("kv_bytes_judger", "kv_tokens_judger", "kept_share", "time_s", "compress_s",
-                                     "agreement", "kl", "output_match")}}
-    return table
+        out[label] = {"policy": policy, "keep": keep, "positions": positions, "n": len(r), "correct": correct,
+                      "ci95": wilson_ci(correct, len(r)),
+                      **{f"{k}_mean": statistics.mean(x[k] for x in r)
+                         for k in ("kv_bytes_judger", "kv_tokens_judger", "kept_share", "time_s", "compress_s",
+                                   "agreement", "kl", "output_match")}}
+    return out
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model_name", default=DEFAULT_MODEL)
+    p = parser(__doc__)
     p.add_argument("--task", default="gsm8k", choices=list(TASKS))
     p.add_argument("--max_samples", type=int, default=20)
     p.add_argument("--max_new_tokens", type=int, default=128)
@@ -66,20 +65,14 @@ def main() -> None:
                    help="knn-bottom with the seed's shift positions, to compare with original")
     p.add_argument("--scope", default="shared")
     p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="auto")
     p.add_argument("--out", default="bench/results/compression_sweep.json")
+    p.set_defaults(seed=42)
     args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
+    wrapper, model, tok, dev = setup(args)
     items, info = load_task(args.task, max_samples=args.max_samples)
-    model, tok, dev = load_model(args.model_name, args.device, args.dtype)
-    wrapper = ModelWrapper(model, tok, dev)
     base = dict(answer_type=TASKS[args.task].answer_type, max_new_tokens=args.max_new_tokens, temperature=0.0,
-                top_p=1.0, seed=42, latent_steps=args.latent_steps)
-    set_seed(42)
+                top_p=1.0, seed=args.seed, latent_steps=args.latent_steps)
+    set_seed(args.seed)
     runs = settings(args)
     rows: dict[str, list[dict]] = {label: [] for label, *_ in runs}
     t_start = time.time()
@@ -106,24 +99,24 @@ def main() -> None:
         print(f"items {start}-{start + len(batch) - 1} done, {time.time() - t_start:.0f}s", file=sys.stderr,
               flush=True)
 
-    table = summarize(runs, rows)
+    summary = summarize(runs, rows)
     print(f"\n{args.model_name} on {args.task} (first {len(items)}, {info['source']}), latent_mas, greedy, "
           f"max_new_tokens {args.max_new_tokens}, latent_steps {args.latent_steps}, scope {args.scope}, "
           f"device {dev}, batch {args.batch}")
-    print("| setting | judger KV MB | kept share | time/item s | agreement | KL | same output | accuracy (95% CI) |")
-    print("|---|---|---|---|---|---|---|---|")
-    for label, t in table.items():
-        print(f"| {label} | {t['kv_bytes_judger_mean'] / 2**20:.2f} | {t['kept_share_mean']:.3f} | "
-              f"{t['time_s_mean']:.2f} | {t['agreement_mean']:.3f} | {t['kl_mean']:.3f} | "
-              f"{t['output_match_mean']:.2f} | {t['correct']}/{t['n']} [{t['ci95'][0]:.2f}, {t['ci95'][1]:.2f}] |")
-    save(args, info, dev, table, rows, t_start)
+    out = [[label, f"{t['kv_bytes_judger_mean'] / 2**20:.2f}", f"{t['kept_share_mean']:.3f}", f"{t['time_s_mean']:.2f}",
+            f"{t['compress_s_mean']:.3f}", f"{t['agreement_mean']:.3f}", f"{t['kl_mean']:.3f}",
+            f"{t['output_match_mean']:.2f}", f"{t['correct']}/{t['n']} [{t['ci95'][0]:.2f}, {t['ci95'][1]:.2f}]"]
+           for label, t in summary.items()]
+    print(table(["setting", "judger KV MiB", "kept share", "time/item s", "compress s/item", "agreement", "KL",
+                    "same output", "accuracy (95% CI)"], out))
+    save(args, info, dev, summary, rows, t_start)
 
 
-def save(args, info, dev, table, rows, t_start) -> None:
+def save(args, info, dev, summary, rows, t_start) -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"args": vars(args), "data": info, "device": str(dev), "table": table, "rows": rows,
-                               "wall_s": time.time() - t_start}, indent=2))
+    out.write_text(json.dumps({"args": vars(args), "data": info, "machine": machine(dev), "table": summary,
+                               "rows": rows, "wall_s": time.time() - t_start}, indent=2))
 
 
 if __name__ == "__main__":
