@@ -77,3 +77,12 @@ def smol():
     from registry import DEFAULT_MODEL
 
     return load_model(DEFAULT_MODEL, device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """The tiny model's operations are far too small for several threads; on a busy machine they only contend."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -20,13 +20,7 @@ QUESTIONS = ["How many apples are left if each day the team sells 3 of 17?",
              "If she sells 9 eggs each day for 2 dollars each, how many dollars is that?"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tiny model's operations are far too small for several threads; on a busy machine they only contend."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _items():

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 import run
 from parallel import Launch
@@ -21,13 +20,7 @@ NOT_COMPARED = {"time_s", "time_total_s", "time_per_sample_s", "compress_time_s"
                 "merged_from"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tiny model's operations are far too small for several threads; on a busy machine they only contend."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _flags(tiny_model_dir, *extra):
