@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+import registry
 import report
 import run
 from compression import Compressor
@@ -17,6 +18,7 @@ from data import Item
 from methods import MethodConfig, get_method
 from models import ModelWrapper
 from observe import Observer, create_exclusive, kept_mask, observer_from_args
+from tests.conftest import ROOT
 from utils import summarize, wilson_ci
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -246,3 +248,21 @@ def test_flags_need_latent_mas_and_build_an_observer(tmp_path):
     obs = observer_from_args(args, tmp_path)
     assert obs.embeddings and not obs.heatmaps and "snapkv" in obs.label
     assert observer_from_args(run.resolve_args(["--method", "latent_mas"]), tmp_path) is None
+
+
+def test_example_logs_are_whole_runs_of_every_method_with_their_report():
+    """example_logs/ holds what regenerate.sh writes: a complete run per method, records matching the summary, and
+    the report over them."""
+    script = (ROOT / "example_logs" / "regenerate.sh").read_text()
+    runs = report.find_runs([str(ROOT / "example_logs" / d) for d in
+                             ("baseline", "text_mas", "latent_mas", "latent_mas_knn-bottom_0.6")])
+    assert {r.summary["method"] for r in runs} == set(registry.METHODS)
+    for r in runs:
+        assert f'--run_dir "$out/{r.path.name}"' in script
+        assert r.summary["complete"] and r.summary["n"] == len(r.records) == r.config["args"]["max_samples"]
+        assert sum(x["correct"] for x in r.records) == r.summary["correct"]
+    compressed = runs[-1].summary
+    assert compressed["kv_kept_share_judger_mean"] < 1 and "fidelity_agreement_mean" in compressed
+    written = {p.name for p in (ROOT / "example_logs" / "report").iterdir()}
+    assert {"report.md", "report.json", "accuracy.png", "accuracy_vs_kv.png", "time_tokens.png",
+            "fidelity.png"} <= written
