@@ -163,12 +163,12 @@ def _rerotate(model, keys: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
     return (keys.float() * cos + _rotate_half(keys.float()) * sin).to(keys.dtype)
 
 
-def _take(x: torch.Tensor, idx: torch.Tensor, shared: bool) -> torch.Tensor:
-    """x[b, h, idx[b, h, :], :]. When every head keeps the same columns, index_select per row copies whole rows of
-    head_dim at once (profiled about 4x faster than gather on CPU); per-head selections need the gather."""
-    if shared:
-        return torch.stack([x[b].index_select(1, idx[b, 0]) for b in range(x.shape[0])])
-    return torch.gather(x, 2, idx[..., None].expand(-1, -1, -1, x.shape[-1]))
+def _take(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """x[b, h, idx[b, h, :], :], as one index_select over the (B*H*T, d) rows: it copies whole head_dim rows at once,
+    measured 5-8x faster than torch.gather on CPU (1x3x4096x64 fp32 keeping 60 %, one thread)."""
+    b, h, t, d = x.shape
+    rows = (torch.arange(b * h, device=x.device).view(b, h, 1) * t + idx).reshape(-1)
+    return x.reshape(b * h * t, d).index_select(0, rows).view(b, h, idx.shape[-1], d)
 
 
 @torch.no_grad()
@@ -190,7 +190,7 @@ def select(model, state: KVState, index: torch.Tensor, keep: torch.Tensor, posit
     for li, layer in enumerate(layers):
         # every layer's tensors stay on that layer's device (--device_map): the index goes to them
         idx = index[li if lp > 1 else 0].to(layer.keys.device).expand(bsz, n_heads, k)
-        keys, values = _take(layer.keys, idx, shared=hp == 1), _take(layer.values, idx, shared=hp == 1)
+        keys, values = _take(layer.keys, idx), _take(layer.values, idx)
         if positions == "rerotate":
             delta = new_pos[:, None, :] - old_pos[li if lp > 1 else 0]
             keys = _rerotate(model, keys, delta)
