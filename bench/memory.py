@@ -4,7 +4,7 @@ prediction.
 Every keep ratio runs in its own child process (peak RSS only grows within a process): load the model, run the team
 on the same items (one batch, greedy) with the policy at that keep ratio, and measure
 - the storage the judger's cache really holds when it starts writing: the distinct storages under its key and value
-  tensors (a pruned cache that were only a view of the unpruned one would show here), padding columns included;
+  tensors (a pruned cache that was only a view of the unpruned one would show here), padding columns included;
 - the prediction: the uncompressed judger's storage times the kept share (kept entries / entries with no
   compression, summed over the batch);
 - peak RSS of the child over its RSS after loading the model and one forward pass (Linux VmHWM, reset there: weights
