@@ -17,28 +17,23 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import clock, machine, median, parser, setup, table, write_json  # noqa: E402
+from common import clock, items_and_config, machine, median, parser, run_flags, setup, table, write_json  # noqa: E402
 
-from data import load_task  # noqa: E402
-from methods import MethodConfig, get_method  # noqa: E402
-from registry import METHODS, TASKS  # noqa: E402
+from methods import get_method  # noqa: E402
+from registry import METHODS  # noqa: E402
 
 
 def main() -> None:
     p = parser(__doc__)
     p.add_argument("--method", default="latent_mas", choices=list(METHODS))
-    p.add_argument("--task", default="gsm8k", choices=list(TASKS))
-    p.add_argument("--max_samples", type=int, default=16)
+    run_flags(p, max_samples=16, max_new_tokens=64)
     p.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 4, 8, 16])
-    p.add_argument("--max_new_tokens", type=int, default=64)
-    p.add_argument("--latent_steps", type=int, default=10)
     p.add_argument("--out", default="bench/results/batching.json")
     p.set_defaults(repeats=2)
     args = p.parse_args()
     wrapper, model, tok, dev = setup(args)
-    items, info = load_task(args.task, max_samples=args.max_samples)
-    cfg = MethodConfig(answer_type=TASKS[args.task].answer_type, max_new_tokens=args.max_new_tokens,
-                       temperature=0.0, top_p=1.0, seed=args.seed, latent_steps=args.latent_steps)
+    items, info, config = items_and_config(args)
+    cfg = config()
     run_batch = get_method(args.method)
     sizes = sorted(set(args.batch_sizes))
     walls = {bs: [] for bs in sizes}

@@ -30,6 +30,32 @@ def parser(doc: str) -> argparse.ArgumentParser:
     return p
 
 
+def run_flags(p: argparse.ArgumentParser, max_samples: int, max_new_tokens: int) -> None:
+    """The flags of the scripts that run a method on real items: task, item count, decode length, latent steps."""
+    from registry import TASKS
+
+    p.add_argument("--task", default="gsm8k", choices=list(TASKS))
+    p.add_argument("--max_samples", type=int, default=max_samples)
+    p.add_argument("--max_new_tokens", type=int, default=max_new_tokens)
+    p.add_argument("--latent_steps", type=int, default=10)
+
+
+def items_and_config(args):
+    """(items, data info, greedy config factory): `config(**extra)` gives the MethodConfig every run of the script
+    shares (greedy, the script's seed), plus `extra` (say, a compressor)."""
+    from data import load_task
+    from methods import MethodConfig
+    from registry import TASKS
+
+    items, info = load_task(args.task, max_samples=args.max_samples)
+
+    def config(**extra):
+        return MethodConfig(answer_type=TASKS[args.task].answer_type, max_new_tokens=args.max_new_tokens,
+                            temperature=0.0, top_p=1.0, seed=args.seed, latent_steps=args.latent_steps, **extra)
+
+    return items, info, config
+
+
 def setup(args):
     """Threads, seed, model. Returns (wrapper, model, tokenizer, device)."""
     if args.threads:

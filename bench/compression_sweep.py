@@ -18,12 +18,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import machine, parser, setup, table  # noqa: E402
+from common import items_and_config, machine, parser, run_flags, setup, table  # noqa: E402
 
 from compression import POLICIES, Compressor  # noqa: E402
-from data import load_task  # noqa: E402
-from methods import MethodConfig, latent_mas  # noqa: E402
-from registry import TASKS  # noqa: E402
+from methods import latent_mas  # noqa: E402
 from utils import set_seed, wilson_ci  # noqa: E402
 
 
@@ -55,10 +53,7 @@ def summarize(runs, rows) -> dict:
 
 def main() -> None:
     p = parser(__doc__)
-    p.add_argument("--task", default="gsm8k", choices=list(TASKS))
-    p.add_argument("--max_samples", type=int, default=20)
-    p.add_argument("--max_new_tokens", type=int, default=128)
-    p.add_argument("--latent_steps", type=int, default=10)
+    run_flags(p, max_samples=20, max_new_tokens=128)
     p.add_argument("--policies", nargs="+", default=list(POLICIES), choices=list(POLICIES))
     p.add_argument("--keeps", nargs="+", type=float, default=[0.5, 0.7, 0.9])
     p.add_argument("--shift_keeps", nargs="*", type=float, default=[0.5, 0.7, 0.9],
@@ -69,9 +64,7 @@ def main() -> None:
     p.set_defaults(seed=42)
     args = p.parse_args()
     wrapper, model, tok, dev = setup(args)
-    items, info = load_task(args.task, max_samples=args.max_samples)
-    base = dict(answer_type=TASKS[args.task].answer_type, max_new_tokens=args.max_new_tokens, temperature=0.0,
-                top_p=1.0, seed=args.seed, latent_steps=args.latent_steps)
+    items, info, config = items_and_config(args)
     set_seed(args.seed)
     runs = settings(args)
     rows: dict[str, list[dict]] = {label: [] for label, *_ in runs}
@@ -79,12 +72,12 @@ def main() -> None:
     for start in range(0, len(items), args.batch):
         batch = items[start:start + args.batch]
         with torch.inference_mode():
-            ref = latent_mas.reference(wrapper, batch, MethodConfig(**base))
+            ref = latent_mas.reference(wrapper, batch, config())
             for label, policy, keep, positions in runs:
                 comp = None if policy == "none" else Compressor(policy, keep=keep, scope=args.scope,
                                                                 positions=positions)
                 t_set = time.time()
-                for r in latent_mas.run_batch(wrapper, batch, MethodConfig(**base, compressor=comp), ref=ref):
+                for r in latent_mas.run_batch(wrapper, batch, config(compressor=comp), ref=ref):
                     judger = r["agents"][-1]
                     rows[label].append({"index": r["index"], "correct": r["correct"], "time_s": r["time_s"],
                                         "kv_bytes_judger": judger["kv_bytes_in"],

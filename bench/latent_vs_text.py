@@ -16,11 +16,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import machine, median, parser, setup, table, write_json  # noqa: E402
+from common import items_and_config, machine, median, parser, run_flags, setup, table, write_json  # noqa: E402
 
-from data import load_task  # noqa: E402
-from methods import MethodConfig, get_method  # noqa: E402
-from registry import TASKS  # noqa: E402
+from methods import get_method  # noqa: E402
 from utils import set_seed, wilson_ci  # noqa: E402
 
 METHODS = ("baseline", "text_mas", "latent_mas")
@@ -29,19 +27,15 @@ PAIRS = (("text_mas", "latent_mas"), ("latent_mas", "baseline"), ("text_mas", "b
 
 def main() -> None:
     p = parser(__doc__)
-    p.add_argument("--task", default="gsm8k", choices=list(TASKS))
-    p.add_argument("--max_samples", type=int, default=20)
-    p.add_argument("--max_new_tokens", type=int, default=256)
-    p.add_argument("--latent_steps", type=int, default=10)
+    run_flags(p, max_samples=20, max_new_tokens=256)
     p.add_argument("--batch", type=int, default=5,
                    help="items per batch (greedy outputs do not depend on it; time per item = batch time / size)")
     p.add_argument("--out", default="bench/results/latent_vs_text.json")
     p.set_defaults(repeats=1, seed=42)
     args = p.parse_args()
     wrapper, model, tok, dev = setup(args)
-    items, info = load_task(args.task, max_samples=args.max_samples)
-    cfg = MethodConfig(answer_type=TASKS[args.task].answer_type, max_new_tokens=args.max_new_tokens,
-                       temperature=0.0, top_p=1.0, seed=args.seed, latent_steps=args.latent_steps)
+    items, info, config = items_and_config(args)
+    cfg = config()
     set_seed(args.seed)
     rows = {m: [] for m in METHODS}
     batch_times: list[dict[str, float]] = []

@@ -25,13 +25,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import machine, median, parser, setup, table, write_json  # noqa: E402
+from common import items_and_config, machine, median, parser, run_flags, setup, table, write_json  # noqa: E402
 
 from compression import POLICIES, Compressor  # noqa: E402
-from data import load_task  # noqa: E402
-from methods import MethodConfig  # noqa: E402
 from methods.latent_mas import _encode_team, _think  # noqa: E402
-from registry import TASKS  # noqa: E402
 
 
 def _status_kib(field: str) -> int:
@@ -58,10 +55,9 @@ def storage_bytes(state) -> int:
 
 def child(args) -> dict:
     wrapper, model, tok, dev = setup(args)
-    items, _ = load_task(args.task, max_samples=args.max_samples)
+    items, _, config = items_and_config(args)
     comp = None if args.keep >= 1 else Compressor(args.policy, keep=args.keep, scope=args.scope)
-    cfg = MethodConfig(answer_type=TASKS[args.task].answer_type, max_new_tokens=args.max_new_tokens,
-                       temperature=0.0, top_p=1.0, seed=args.seed, latent_steps=args.latent_steps, compressor=comp)
+    cfg = config(compressor=comp)
     team = cfg.get_team()
     with torch.inference_mode():  # touch every weight first: loading may map the weights lazily
         model(input_ids=torch.tensor([[tok.eos_token_id or 0] * 4], device=dev))
@@ -89,13 +85,10 @@ def child(args) -> dict:
 
 def main() -> None:
     p = parser(__doc__)
-    p.add_argument("--task", default="gsm8k", choices=list(TASKS))
-    p.add_argument("--max_samples", type=int, default=8, help="items, run as one batch")
+    run_flags(p, max_samples=8, max_new_tokens=32)
     p.add_argument("--keeps", type=float, nargs="+", default=[1.0, 0.9, 0.7, 0.5, 0.3])
     p.add_argument("--policy", default="knn-bottom", choices=list(POLICIES))
     p.add_argument("--scope", default="shared")
-    p.add_argument("--max_new_tokens", type=int, default=32)
-    p.add_argument("--latent_steps", type=int, default=10)
     p.add_argument("--out", default="bench/results/memory.json")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--keep", type=float, default=1.0, help=argparse.SUPPRESS)
