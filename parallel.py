@@ -10,6 +10,11 @@ other once, at the start, to agree on the run directory (a gloo broadcast: no GP
 ranks work at different speeds); after that the file system is the only channel, so the run directory must be on a
 file system every process sees.
 
+One launch at a time: the main process creates the run directory (a new one never reuses a name) and holds its
+lock (utils.lock_run_dir) for the whole run, before it tells the others where to write; a launch whose main process
+cannot take the lock ends in every process with one line naming the holder. Each process also flocks the file it
+appends to, so no two processes ever write one results or part file.
+
 Resume works per part: the items already done are those in `results.jsonl` and in every part file, whoever wrote
 them, so a run can be resumed with the same, another or no launcher.
 
@@ -30,10 +35,25 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from utils import (
+    LOCK_FILE,
+    RunDirError,
+    lock_run_dir,
+    new_run_dir,
+    read_config,
+    read_results,
+    summarize,
+    to_json,
+    write_atomic,
+    write_json,
+)
+
 PARTS = "parts"
 SHARD_FIELDS = ("num_shards", "shard_id")
-# settings that never change a run's records: they may differ between shards and between a run and its --run_dir
-NOT_RESULTS = ("output_dir", "run_dir", "resume")
+# the one list of flags that never change a run's records: they may change on --resume, between a run and its
+# --run_dir, and between shards; every other flag must match the saved run
+RUNTIME_FLAGS = ("device", "device_map", "max_memory", "attn_implementation", "generate_bs", "eval_workers",
+                 "verbose", "output_dir", "run_dir", "resume")
 DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
 
 
@@ -51,6 +71,8 @@ class Launch:
     num_shards: int = 1
     shard_id: int = 0
     nonce: str = ""  # one value per launch, agreed at the start; marks which "done" markers belong to it
+    created: bool = False  # the main process made the run directory (so it may remove it if nothing was written)
+    lock: object = None  # the open run.lock of the main process: the directory is this launch's while it is open
 
     @classmethod
     def from_args(cls, args, env=None) -> Launch:
@@ -125,28 +147,68 @@ class Launch:
                 "items_total": n_total, "items": [it.index for it in shard_items]}
 
     # --- the run directory ---------------------------------------------------------------------------------------
-    def run_dir(self, args, default_name) -> Path:
-        """The run directory every process of this launch uses: --resume, --run_dir, or a new timestamped folder
-        named by the main process (a shard's name says which shard it is)."""
-        if args.resume:
-            chosen = Path(args.resume)
-        elif getattr(args, "run_dir", None):
-            chosen = Path(args.run_dir)
+    def open_run_dir(self, args, default_name) -> Path:
+        """The run directory of this launch, created if new and locked by the main process before any process
+        writes: --resume, --run_dir, or a new folder under --output_dir (a shard's name says which shard it is).
+        Every process gets the main process's answer, a refusal included (a ScaleOutError naming the fix)."""
+        chosen, error = None, None
+        if self.is_main:
+            try:
+                chosen = str(self._claim(args, default_name))
+            except (RunDirError, ScaleOutError) as e:
+                error = str(e)
+        nonce = f"{time.time_ns()}-{os.getpid()}"
+        if self.world > 1:
+            chosen, nonce, error = _broadcast_from_main([chosen, nonce, error])
+        if error:
+            raise ScaleOutError(error)
+        self.nonce = nonce
+        return Path(chosen)
+
+    def _claim(self, args, default_name) -> Path:
+        """Main process: create (or find) the run directory, lock it, and only then decide whether a --run_dir that
+        holds a run is this one continued: under the lock, so no other run can start there in between."""
+        if args.resume or getattr(args, "run_dir", None):
+            chosen = Path(args.resume or args.run_dir)
+            self.created = not chosen.exists()
+            try:
+                chosen.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise RunDirError(f"cannot create the run directory {chosen} ({e.strerror}); give a writable "
+                                  "folder") from None
         else:
             name = default_name(args)
             if self.num_shards > 1:
                 head, _, stamp = name.rpartition("_")
                 name = f"{head}_shard{self.shard_id}of{self.num_shards}_{stamp}"
-            chosen = Path(args.output_dir) / name
-        nonce = f"{time.time_ns()}-{os.getpid()}"
-        if self.world > 1:
-            chosen, nonce = _broadcast_from_main([str(chosen), nonce])
-            chosen = Path(chosen)
-        self.nonce = nonce
-        chosen.mkdir(parents=True, exist_ok=True)
+            chosen, self.created = new_run_dir(Path(args.output_dir), name), True
+        self.lock = lock_run_dir(chosen)
+        if getattr(args, "run_dir", None) and not args.resume:
+            adopt_run_dir(args)
         if self.world > 1:
             (chosen / PARTS).mkdir(exist_ok=True)
         return chosen
+
+    def release(self) -> None:
+        """Give the run directory up. The kernel does it when the process ends; a caller that lives on (a test, a
+        notebook) needs it now."""
+        if self.lock is not None:
+            self.lock.close()
+            self.lock = None
+
+    def discard(self, run_dir: Path) -> None:
+        """Release the run directory and remove it if this launch created it and wrote nothing into it (a model
+        that does not load, say), so failed starts leave no empty folders. Anything else there is left alone."""
+        self.release()
+        if not (self.is_main and self.created):
+            return
+        try:
+            if (run_dir / PARTS).is_dir():
+                (run_dir / PARTS).rmdir()
+            (run_dir / LOCK_FILE).unlink(missing_ok=True)
+            run_dir.rmdir()
+        except OSError:
+            pass  # not empty: something was written after all, so it stays
 
     def own_path(self, run_dir: Path) -> Path:
         """Where this process appends its records."""
@@ -156,13 +218,11 @@ class Launch:
 
     def done(self, run_dir: Path) -> dict[int, dict]:
         """Every record already in the run directory (results.jsonl and all parts). Only this process's own file is
-        repaired (a half-written last line cut off); the others are read as they are."""
-        from utils import read_results
-
+        repaired (utils.read_results), under its lock; the others are read as they are."""
         own = self.own_path(run_dir)
         records = {}
         for path in result_files(run_dir):
-            for rec in (read_results(path) if path == own else read_records(path)):
+            for rec in read_results(path, repair=path == own):
                 records.setdefault(rec["index"], rec)
         return records
 
@@ -173,7 +233,7 @@ class Launch:
         parts = run_dir / PARTS
         if self.world > 1:
             marker = {"nonce": self.nonce, "rank": self.rank, "interrupted": interrupted}
-            _write_atomic(parts / f"part-{self.rank}.done", json.dumps(marker))
+            write_atomic(parts / f"part-{self.rank}.done", json.dumps(marker))
             if not self.is_main:
                 return done, interrupted
             if not interrupted:
@@ -237,41 +297,19 @@ def result_files(run_dir: Path) -> list[Path]:
     return files + sorted((run_dir / PARTS).glob("part-*.jsonl"), key=part_no)
 
 
-def read_records(path: Path) -> list[dict]:
-    """The complete records of a JSONL file another process may still be appending to (never modifies it)."""
-    records = []
-    with open(path, "rb") as f:
-        for line in f:
-            if not line.endswith(b"\n"):
-                break
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
-    return records
-
-
 def collect(run_dir: Path) -> dict[int, dict]:
-    """Every record in a run directory, one per item (the first seen wins: results.jsonl, then parts by rank)."""
+    """Every record in a run directory, one per item (the first seen wins: results.jsonl, then parts by rank). Read
+    only: a file another process is appending to is read as it stands."""
     records: dict[int, dict] = {}
     for path in result_files(run_dir):
-        for rec in read_records(path):
+        for rec in read_results(path):
             records.setdefault(rec["index"], rec)
     return records
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def write_results(path: Path, records: dict[int, dict]) -> None:
     """results.jsonl in item order, replaced in one step."""
-    _write_atomic(path, "".join(json.dumps(records[i], ensure_ascii=False) + "\n" for i in sorted(records)))
+    write_atomic(path, "".join(to_json(records[i]) + "\n" for i in sorted(records)))
 
 
 def merge_parts(run_dir: Path) -> dict[int, dict]:
@@ -314,22 +352,21 @@ def differences(a: dict, b: dict, ignore) -> dict[str, tuple]:
     return {k: (a.get(k), b.get(k)) for k in sorted(keys) if a.get(k) != b.get(k)}
 
 
-def adopt_run_dir(args, runtime_flags) -> None:
+def adopt_run_dir(args) -> None:
     """--run_dir DIR that already holds a run: continue it (say, a requeued job) when its settings are these, else
     refuse. Sets args.resume; leaves a new or empty DIR alone."""
-    cfg_path = Path(args.run_dir) / "config.json"
-    if not cfg_path.exists():
+    if not (Path(args.run_dir) / "config.json").exists():
         return
-    saved = json.loads(cfg_path.read_text())["args"]
+    saved = read_config(args.run_dir)["args"]
     given = {k: v for k, v in vars(args).items() if k in saved}
-    diff = differences(saved, given, set(runtime_flags) | set(NOT_RESULTS))
+    diff = differences(saved, given, RUNTIME_FLAGS)
     if diff:
-        raise ScaleOutError(f"--run_dir {args.run_dir} holds another run ({_describe(diff, 'saved', 'given')}); "
+        raise ScaleOutError(f"--run_dir {args.run_dir} holds another run ({describe_diff(diff, 'saved', 'given')}); "
                             "choose a new --run_dir, or continue that run with --resume")
     args.resume = args.run_dir
 
 
-def _describe(diff: dict[str, tuple], a: str, b: str) -> str:
+def describe_diff(diff: dict[str, tuple], a: str, b: str) -> str:
     return "; ".join(f"{k}: {a} {va!r}, {b} {vb!r}" for k, (va, vb) in diff.items())
 
 
@@ -341,21 +378,15 @@ def _ranges(numbers) -> str:
     return shown + (f", ... ({len(nums)} in all)" if len(nums) > 12 else "")
 
 
-def merge_runs(dirs: list[Path], out: Path | None, runtime_flags, allow_missing: bool = False,
+def merge_runs(dirs: list[Path], out: Path | None, allow_missing: bool = False,
                parent: Path | None = None) -> tuple[Path, dict]:
     """Combine the shards of one configuration into one run directory; returns it and its summary.
 
     Refuses runs whose saved settings differ in anything but the shard id and runtime flags, a shard given twice,
     a missing shard, an item recorded by two runs, and (unless allow_missing) items a shard has not finished."""
-    from utils import summarize
-
     dirs = [Path(d) for d in dirs]
-    configs = []
-    for d in dirs:
-        if not (d / "config.json").exists():
-            raise ScaleOutError(f"{d}: no config.json there; give run directories this tool wrote")
-        configs.append(json.loads((d / "config.json").read_text()))
-    ignore = set(runtime_flags) | set(NOT_RESULTS) | {"shard_id"}
+    configs = [read_config(d) for d in dirs]
+    ignore = set(RUNTIME_FLAGS) | {"shard_id"}
     ref, ref_dir = configs[0], dirs[0]
     for d, cfg in zip(dirs[1:], configs[1:]):
         diff = differences(ref["args"], cfg["args"], ignore)
@@ -363,7 +394,7 @@ def merge_runs(dirs: list[Path], out: Path | None, runtime_flags, allow_missing:
             diff["dtype"] = (ref.get("dtype"), cfg.get("dtype"))
         if diff:
             raise ScaleOutError(f"{d} is not a shard of the same run as {ref_dir}: "
-                                f"{_describe(diff, ref_dir.name, d.name)}")
+                                f"{describe_diff(diff, ref_dir.name, d.name)}")
 
     k = ref["args"].get("num_shards", 1)
     shard_of = [cfg["args"].get("shard_id", 0) for cfg in configs]
@@ -396,7 +427,7 @@ def merge_runs(dirs: list[Path], out: Path | None, runtime_flags, allow_missing:
 
     if out is None:
         base = re.sub(r"_shard\d+of\d+", "", ref_dir.name)
-        base = re.sub(r"_\d{8}-\d{6}$", "", base)
+        base = re.sub(r"_\d{8}-\d{6}(-\d+)?$", "", base)
         out = Path(parent or ref_dir.parent) / f"{base}_merged{k}_{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     out = Path(out)
     if out.exists() and any(out.iterdir()):
@@ -411,16 +442,16 @@ def merge_runs(dirs: list[Path], out: Path | None, runtime_flags, allow_missing:
                                            | set(records))}
     config["merged_from"] = [{"run_dir": str(d), "shard_id": s, "device": cfg.get("device"),
                               "environment": cfg.get("environment")} for d, s, cfg in zip(dirs, shard_of, configs)]
-    (out / "config.json").write_text(json.dumps(config, indent=2))
+    write_json(out / "config.json", config)
     write_results(out / "results.jsonl", records)
     summary = summarize(list(records.values()), argparse.Namespace(**args), ref.get("data", {}), expected_n=total)
     summary["run_dir"] = str(out)
     summary["merged_from"] = [str(d) for d in dirs]
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_json(out / "summary.json", summary)
     return out, summary
 
 
-def merge_main(argv: list[str], runtime_flags) -> int:
+def merge_main(argv: list[str]) -> int:
     """python run.py merge RUN_DIR... [--out DIR] [--allow_missing]"""
     p = argparse.ArgumentParser(prog="run.py merge",
                                 description="Combine the shards of one run (--num_shards/--shard_id) into one run "
@@ -433,8 +464,8 @@ def merge_main(argv: list[str], runtime_flags) -> int:
                    help="write the merge even if shards or items are missing (the summary says complete: false)")
     a = p.parse_args(argv)
     try:
-        out, summary = merge_runs(a.run_dirs, a.out, runtime_flags, a.allow_missing, a.output_dir)
-    except ScaleOutError as e:
+        out, summary = merge_runs(a.run_dirs, a.out, a.allow_missing, a.output_dir)
+    except (ScaleOutError, RunDirError) as e:
         print(f"run.py merge: error: {e}", file=sys.stderr)
         return 2
     print(f"[merge] {len(a.run_dirs)} runs -> {out}", file=sys.stderr)

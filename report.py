@@ -23,6 +23,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from parallel import collect
+from utils import RunDirError
+
 METHOD_COLOURS = {"baseline": "tab:grey", "text_mas": "tab:blue", "latent_mas": "tab:orange"}
 # compression settings other than the keep ratio, and their defaults (a line label names only what differs)
 SERIES_DEFAULTS = {"kv_scope": "shared", "kv_positions": "original", "compress_at": "every", "kv_query": "embed-mean",
@@ -75,18 +78,6 @@ class Run:
         return self.summary.get(key, self.args.get(key))
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    """Records of a results.jsonl, read-only: a half-written last line is skipped, the file is not touched."""
-    out = []
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return out
-
-
 def _is_run(path: Path) -> bool:
     return (path / "summary.json").exists() or (path / "results.jsonl").exists() or (path / "parts").is_dir()
 
@@ -94,12 +85,10 @@ def _is_run(path: Path) -> bool:
 def load_run(path: Path) -> Run:
     summary_path, config_path = path / "summary.json", path / "config.json"
     config = json.loads(config_path.read_text()) if config_path.exists() else {}
-    # results.jsonl, then the part files of a scale-out launch (parallel.py) that was not merged yet
-    found = {}
-    for f in [path / "results.jsonl", *sorted((path / "parts").glob("part-*.jsonl"))]:
-        for rec in _read_jsonl(f):
-            found.setdefault(rec.get("index"), rec)
-    records = list(found.values())
+    try:  # results.jsonl, then the part files of a scale-out launch that was not merged yet; read only
+        records = list(collect(path).values())
+    except RunDirError as e:
+        raise ReportError(str(e)) from None
     if summary_path.exists():
         summary = json.loads(summary_path.read_text())
     elif config and records:  # killed before it wrote a summary: rebuild it the way run.py does

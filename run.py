@@ -5,16 +5,25 @@
 from __future__ import annotations
 
 import argparse
-import json
+import math
 import os
 import sys
 from pathlib import Path
 
+# parallel and utils import nothing heavy: run directories are checked and locked before torch loads
+from parallel import RUNTIME_FLAGS, Launch, ScaleOutError, describe_diff
 from registry import DEFAULT_MODEL, EMBEDDED_MODELS, METHODS, POLICIES, TASKS, TOPOLOGIES
-
-# flags that may change on --resume without changing results
-RUNTIME_FLAGS = ("device", "verbose", "generate_bs", "resume", "attn_implementation", "eval_workers",
-                 "device_map", "max_memory", "run_dir")
+from utils import (
+    ResultsWriter,
+    RunDirError,
+    environment,
+    read_config,
+    run_dir_name,
+    set_seed,
+    summarize,
+    to_json,
+    write_json,
+)
 
 
 class CleanParser(argparse.ArgumentParser):
@@ -31,6 +40,8 @@ def _bounded(kind, lo=None, hi=None, lo_open=False, hi_open=False, extra_ok=()):
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a valid {kind.__name__}") from None
+        if isinstance(value, float) and not math.isfinite(value):  # nan passes every comparison, inf most
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
         if value in extra_ok:
             return value
         bad_lo = lo is not None and (value <= lo if lo_open else value < lo)
@@ -160,19 +171,36 @@ def fail(message: str, code: int = 2):
     sys.exit(code)
 
 
-def resolve_args(argv: list[str] | None) -> argparse.Namespace:
+def given_flags(argv: list[str]) -> dict:
+    """The flags typed on the command line, by destination (what was left to its default is absent)."""
+    parser = build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return vars(parser.parse_args(argv))
+
+
+def resumed(args: argparse.Namespace, argv: list[str]) -> argparse.Namespace:
+    """--resume DIR: the saved run's settings, with the flags typed now on top. A typed flag that changes results
+    and differs from the saved run is refused: the records on disk were made without it."""
+    try:
+        saved = read_config(args.resume)["args"]
+    except RunDirError as e:
+        fail(f"--resume: {e}")
+    given = given_flags(argv)
+    default = build_parser().get_default
+    changed = {f"--{k}": (saved.get(k, default(k)), v) for k, v in given.items()
+               if k not in RUNTIME_FLAGS and v != saved.get(k, default(k))}
+    if changed:
+        fail(f"--resume {args.resume}: {', '.join(changed)} would change the results "
+             f"({describe_diff(changed, 'saved', 'given')}); drop them to continue the saved run, or start a new run")
+    return argparse.Namespace(**{**vars(args), **{k: v for k, v in saved.items() if k not in given}})
+
+
+def resolve_args(argv: list[str]) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.resume:
-        cfg_path = Path(args.resume) / "config.json"
-        if not cfg_path.exists():
-            fail(f"--resume {args.resume}: no config.json there; give a run directory this tool wrote")
-        saved = json.loads(cfg_path.read_text())["args"]
-        given = vars(args)
-        for key, value in saved.items():
-            if key not in RUNTIME_FLAGS:
-                given[key] = value
-        args = argparse.Namespace(**given)
+        args = resumed(args, argv)
     elif args.method is None:
         fail("--method is required (baseline, text_mas or latent_mas), or --resume RUN_DIR")
     if args.knn_filter:
@@ -197,10 +225,7 @@ def resolve_args(argv: list[str] | None) -> argparse.Namespace:
         args.data_source = "file"
     if args.data_source == "file" and not args.data_path:
         fail("--data_source file needs --data_path FILE")
-    from parallel import Launch, ScaleOutError, adopt_run_dir
     try:
-        if args.run_dir and not args.resume:
-            adopt_run_dir(args, RUNTIME_FLAGS)
         Launch.from_args(args)  # checks the shard and device flags against the launcher's environment
     except ScaleOutError as e:
         fail(str(e))
@@ -215,13 +240,17 @@ def resolve_team(args):
         return None
     try:
         if args.resume:
-            saved = json.loads((Path(args.resume) / "config.json").read_text()).get("team")
+            saved = read_config(args.resume).get("team")
             if saved:
                 return parse_team(saved, saved.get("source", "saved team"))
+        if args.agents and Path(args.agents).exists() and not Path(args.agents).is_file():
+            fail(f"--agents {args.agents} is not a file; give a JSON or YAML team file (see teams/)")
         team = load_team(args.agents) if args.agents else default_team(args.prompt)
         return with_first_agent_text(team) if args.first_agent_text else team
     except TeamError as e:
         fail(str(e))
+    except UnicodeDecodeError:
+        fail(f"--agents {args.agents} is not UTF-8 text (a binary file?); give a JSON or YAML team file (see teams/)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -231,21 +260,33 @@ def main(argv: list[str] | None = None) -> int:
         return report_main(argv[1:])
     if argv[:1] == ["merge"]:  # python run.py merge RUN_DIR... (parallel.py)
         from parallel import merge_main
-        return merge_main(argv[1:], RUNTIME_FLAGS)
+        return merge_main(argv[1:])
     args = resolve_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    launch = Launch.from_args(args)  # this process's rank in a torchrun / accelerate launch, and its shard
+    try:
+        run_dir = launch.open_run_dir(args, run_dir_name)  # created and locked before anything heavy loads
+    except ScaleOutError as e:
+        fail(str(e))
+    try:
+        setup = load(args, launch, run_dir)
+    except BaseException:
+        launch.discard(run_dir)  # nothing was written there: a failed start leaves no empty folder behind
+        raise
+    try:
+        return run_items(args, launch, run_dir, *setup)
+    finally:
+        launch.release()
 
+
+def load(args, launch: Launch, run_dir: Path) -> tuple:
+    """Items, model and method settings of this run; writes config.json for a new run. Fails in one line."""
     # heavy imports after argument checks, so --help and bad flags answer at once
-    import torch
-    from tqdm import tqdm
-
     from compression import CompressionError, compressor_from_args
     from data import DataError, load_task
-    from methods import MethodConfig, get_method
+    from methods import MethodConfig
     from models import ModelError, ModelWrapper, load_model
     from observe import observer_from_args
-    from parallel import Launch
-    from utils import ResultsWriter, environment, run_dir_name, set_seed, summarize
 
     try:
         items, data_info = load_task(args.task, split=args.split, data_source=args.data_source,
@@ -254,7 +295,6 @@ def main(argv: list[str] | None = None) -> int:
         fail(str(e))
     if not items:
         fail(f"task {args.task} gave no items; check --split / --data_path")
-    launch = Launch.from_args(args)  # this process's rank in a torchrun / accelerate launch, and its shard
     n_total, items = len(items), launch.shard(items)
     try:
         model, tokenizer, device = load_model(args.model_name, launch.device(args.device), args.dtype,
@@ -271,30 +311,67 @@ def main(argv: list[str] | None = None) -> int:
     # the realignment matrix is built once here, outside every timed region
     wrapper = ModelWrapper(model, tokenizer, device, realign=args.latent_space_realign,
                            build_realigner=args.method == "latent_mas")
-
-    run_dir = launch.run_dir(args, run_dir_name)  # the same folder in every process of a launch
-    done = launch.done(run_dir)  # records in results.jsonl and in every process's part file
-    config = {"args": {k: v for k, v in vars(args).items() if k not in ("resume", "team")}, "data": data_info,
-              "team": args.team.as_dict() if args.team else None,
-              "device": str(device), "dtype": str(model.dtype), "environment": environment()}
-    config["scale_out"] = launch.describe(n_total, items)
     if not args.resume and launch.is_main:
-        (run_dir / "config.json").write_text(json.dumps(config, indent=2))
-    todo = [it for it in launch.mine(items) if it.index not in done]
-    print(f"[run]{launch.tag} {run_dir}  ({len(done)} done, {len(todo)} to go)", file=sys.stderr)
-
+        config = {"args": {k: v for k, v in vars(args).items() if k not in ("resume", "team")}, "data": data_info,
+                  "team": args.team.as_dict() if args.team else None,
+                  "device": str(device), "dtype": str(model.dtype), "environment": environment(),
+                  "scale_out": launch.describe(n_total, items)}
+        try:
+            write_json(run_dir / "config.json", config)
+        except RunDirError as e:
+            fail(f"{e}; free space or fix the folder, then start the run again")
     cfg = MethodConfig(answer_type=TASKS[args.task].answer_type, max_new_tokens=args.max_new_tokens,
                        temperature=args.temperature, top_p=args.top_p, seed=args.seed, prompt=args.prompt,
                        latent_steps=args.latent_steps, think=args.think,
                        text_mas_context_length=args.text_mas_context_length, compressor=compressor,
                        fidelity=args.fidelity, stacked_prompts=args.include_old_prompts, team=args.team,
                        eval_workers=getattr(args, "eval_workers", None), observer=observer_from_args(args, run_dir))
+    return items, data_info, wrapper, cfg
+
+
+def run_items(args, launch: Launch, run_dir: Path, items: list, data_info: dict, wrapper, cfg) -> int:
+    """Run this process's items not yet on disk, then (main process) write the summary. A disk error ends in one
+    line saying how to continue; every item finished before it stays on disk."""
+    try:
+        done = launch.done(run_dir)  # records in results.jsonl and in every process's part file
+        writer = ResultsWriter(launch.own_path(run_dir))
+    except RunDirError as e:
+        fail(str(e))
+    todo = [it for it in launch.mine(items) if it.index not in done]
+    print(f"[run]{launch.tag} {run_dir}  ({len(done)} done, {len(todo)} to go)", file=sys.stderr)
+    try:
+        interrupted = work(args, launch, todo, done, writer, wrapper, cfg)
+        # in a data-parallel launch the main process waits for the others and merges the parts into results.jsonl
+        done, interrupted = launch.finish(run_dir, done, interrupted)
+        if launch.is_main:
+            summary = summarize(list(done.values()), args, data_info, expected_n=len(items))
+            summary["run_dir"] = str(run_dir)
+            write_json(run_dir / "summary.json", summary)
+    except RunDirError as e:
+        fail(f"{e}; the finished items are on disk: free space or fix the folder, then continue with "
+             f"python run.py --resume {run_dir}")
+    if not launch.is_main:
+        return 130 if interrupted else 0
+    if interrupted:
+        print(f"[run] interrupted: {len(done)} of {len(items)} items kept; continue with "
+              f"python run.py --resume {run_dir}", file=sys.stderr)
+        return 130
+    print(to_json(summary))
+    return 0
+
+
+def work(args, launch: Launch, todo: list, done: dict[int, dict], writer, wrapper, cfg) -> bool:
+    """The item loop: each record is appended and on disk as soon as its batch finishes. Returns whether Ctrl-C
+    stopped it."""
+    import torch
+    from tqdm import tqdm
+
+    from methods import get_method
+
     run_batch = get_method(args.method)
-    writer = ResultsWriter(launch.own_path(run_dir))
     correct = sum(bool(r["correct"]) for r in done.values())
     bar = tqdm(total=len(done) + len(todo), initial=len(done), desc=f"{args.method}/{args.task}", unit="item",
                dynamic_ncols=True, disable=not launch.is_main)
-    interrupted = False
     try:
         for start in range(0, len(todo), args.generate_bs):
             batch = todo[start:start + args.generate_bs]
@@ -309,23 +386,11 @@ def main(argv: list[str] | None = None) -> int:
             bar.update(len(records))
             bar.set_postfix(acc=f"{correct / len(done):.3f}")
     except KeyboardInterrupt:
-        interrupted = True
+        return True
     finally:
         bar.close()
         writer.close()
-    # in a data-parallel launch the main process waits for the others and merges the parts into results.jsonl
-    done, interrupted = launch.finish(run_dir, done, interrupted)
-    if not launch.is_main:
-        return 130 if interrupted else 0
-    summary = summarize(list(done.values()), args, data_info, expected_n=len(items))
-    summary["run_dir"] = str(run_dir)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    if interrupted:
-        print(f"[run] interrupted: {len(done)} of {len(items)} items kept; continue with "
-              f"python run.py --resume {run_dir}", file=sys.stderr)
-        return 130
-    print(json.dumps(summary))
-    return 0
+    return False
 
 
 def trace(rec: dict) -> str:
