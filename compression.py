@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn.functional as F
 
+import architecture
 from kv_state import LATENT, KVState, extend, rollback, select
 
 SCOPES = ("shared", "layer", "head")
@@ -57,76 +58,37 @@ class HandOff:
         return self._attention[last]
 
 
-def _attention_modules(model) -> list:
-    layers = getattr(model.base_model, "layers", None)
-    attns = [getattr(layer, "self_attn", None) for layer in layers] if layers is not None else []
-    if not attns or any(a is None or not hasattr(a, "q_proj") for a in attns):
-        raise CompressionError("--kv_query attention / snapkv need decoder layers with self_attn.q_proj "
-                               f"({type(model).__name__} has none); use --kv_query embed-mean or another policy")
-    return attns
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
 @torch.no_grad()
 def _prompt_attention(model, state: KVState, enc, last: int | None = None) -> list[torch.Tensor]:
-    """Run the next prompt on the cache in a scoring pass (rolled back afterwards), rebuild each layer's queries
-    (projection, norm, RoPE at their real positions) and softmax them against the keys under the real mask; with
-    `last`, only the last `last` queries."""
-    attns = _attention_modules(model)
-    queries: dict[int, torch.Tensor] = {}
+    """Run the next prompt on the cache in a scoring pass (rolled back afterwards) and take, in every layer, the
+    attention weights the model itself computes (its own eager attention function: RoPE, norms, soft-capping and
+    sinks as the family has them) for the last `last` real queries, summed over the query heads of each KV group."""
+    past_len, n = state.length, enc.ids.shape[1]
+    lq = min(last or n, n)
+    real_q = enc.mask[:, n - lq:]
+    out: dict[int, torch.Tensor] = {}
 
-    def capture(i, module, args, kwargs):
-        h = kwargs.get("hidden_states", args[0] if args else None)
-        cos, sin = kwargs["position_embeddings"]
-        q = module.q_proj(h).view(*h.shape[:-1], -1, module.head_dim)
-        if hasattr(module, "q_norm"):
-            q = module.q_norm(q)
-        q = q.transpose(1, 2).float()
-        queries[i] = q * cos[:, None].float() + _rotate_half(q) * sin[:, None].float()
+    def capture(module, q, k, v, mask, args, kwargs):
+        eager = architecture.base_attention(module, "eager")
+        kwargs = dict(kwargs, dropout=0.0)
+        _, w = eager(module, q[:, :, n - lq:], k, v, mask[:, :, n - lq:], *args, **kwargs)
+        b, hq = w.shape[:2]
+        hk = k.shape[1]
+        w = w[..., :past_len].float() * real_q.to(w.device)[:, None, :, None]
+        out[module.layer_idx] = w.view(b, hk, hq // hk, lq, past_len).sum(dim=2)  # (B, H_kv, Lq, T)
 
-    hooks = [a.register_forward_pre_hook(lambda m, a_, k, i=i: capture(i, m, a_, k), with_kwargs=True)
-             for i, a in enumerate(attns)]
-    past_len, past_mask = state.length, state.mask.bool()
-    try:
-        with rollback(state):
-            extend(model, state, input_ids=enc.ids, new_mask=enc.mask, want="hidden")
-            keys = [k for k, _ in state.layer_tensors()]
-            n = enc.ids.shape[1]
-            lq = min(last or n, n)
-            causal = torch.ones(n, n, dtype=torch.bool, device=past_mask.device).tril()[n - lq:]
-            allowed = torch.cat([past_mask[:, None, :].expand(-1, lq, -1),
-                                 causal[None] & enc.mask.bool()[:, None, :]], dim=2)  # (B, Lq, T + n)
-            out = []
-            for i, attn in enumerate(attns):
-                # each layer is scored on its own device (--device_map); the result stays there
-                q, k = queries[i][:, :, n - lq:], keys[i].float()
-                allowed_i, real_q = allowed.to(k.device), enc.mask[:, n - lq:].to(k.device)
-                b, hq, _, d = q.shape
-                hk = k.shape[1]
-                logits = (q.view(b, hk, hq // hk, lq, d) @ k[:, :, None].transpose(-1, -2)) * getattr(
-                    attn, "scaling", d ** -0.5)
-                logits = logits.masked_fill(~allowed_i[:, None, None], float("-inf"))
-                probs = torch.softmax(logits, dim=-1).nan_to_num(0.0)[..., :past_len]
-                probs = probs * real_q[:, None, None, :, None]
-                out.append(probs.sum(dim=2))  # (B, H_kv, Lq, T)
-    finally:
-        for hk_ in hooks:
-            hk_.remove()
-    return out
+    with rollback(state), architecture.attention(model, capture=capture):
+        extend(model, state, input_ids=enc.ids, new_mask=enc.mask, want="hidden")
+    return [out[i] for i in sorted(out)]
 
 
-def _fit_query(q: torch.Tensor, d: int, n_kv: int) -> torch.Tensor:
-    """Bring a (B, D) embedding to the key width d as the seed did: average its d-wide chunks (heads)."""
+def _fit_query(q: torch.Tensor, d: int) -> torch.Tensor:
+    """Bring a (B, D) embedding to the key width d as the seed did: average its d-wide chunks (heads). When D is not
+    a multiple of d (the seed's code then fails), the last chunk is zero-filled to width d before averaging."""
     width = q.shape[-1]
     if width == d:
         return q
-    if width % d:
-        raise CompressionError(f"hidden size {width} is not a multiple of head_dim {d}: --kv_query embed-mean cannot "
-                               "compare them; use --kv_query attention or another policy")
+    q = F.pad(q, (0, -width % d))
     return q.view(q.shape[0], -1, d).mean(dim=1)
 
 
@@ -152,8 +114,8 @@ class Knn:
         else:
             keys = h.keys()
             q = h.wrapper.embed_mean(h.next_prompt).float()
-            d, n_kv = keys[0].shape[-1], keys[0].shape[1]
-            q = F.normalize(_fit_query(q, d, n_kv), dim=-1)
+            d = keys[0].shape[-1]
+            q = F.normalize(_fit_query(q, d), dim=-1)
             if h.scope == "shared":
                 kbar = F.normalize(keys[len(keys) // 2].mean(dim=1), dim=-1)  # (B, T, d)
                 s = torch.einsum("btd,bd->bt", kbar, q.to(kbar.device)).to(h.device)[None, :, None, :]
@@ -264,12 +226,11 @@ class Compressor:
 
     def check(self, model) -> None:
         """Fail before the run if this model cannot give what the policy needs."""
-        if self.query == "attention" or self.policy_name == "snapkv":
-            _attention_modules(model)
         if self.positions == "rerotate":
-            rotary = getattr(model.base_model, "rotary_emb", None)
-            if rotary is None or getattr(rotary, "attention_scaling", 1.0) != 1.0:
-                raise CompressionError("--kv_positions rerotate needs plain RoPE; use --kv_positions original")
+            problem = architecture.rerotate_problem(model)
+            if problem:
+                raise CompressionError(f"--kv_positions rerotate cannot work with {type(model).__name__}: {problem}; "
+                                       "use --kv_positions original")
 
     def applies(self, agent_index: int, n_agents: int) -> bool:
         if agent_index == 0:
@@ -291,6 +252,16 @@ class Compressor:
         return prot
 
     @torch.no_grad()
+    def scores(self, wrapper, state: KVState, next_prompt, generators: list[torch.Generator]) -> torch.Tensor:
+        """The policy's scores reduced to the selection scope, (L', B, H', T); padding -inf."""
+        s = self.policy.score(HandOff(wrapper, state, next_prompt, self.scope, generators)).float()
+        if self.scope == "shared":
+            s = s.mean(dim=(0, 2), keepdim=True)
+        elif self.scope == "layer":
+            s = s.mean(dim=2, keepdim=True)
+        return s.masked_fill(state.mask[None, :, None, :] == 0, -math.inf)
+
+    @torch.no_grad()
     def __call__(self, wrapper, state: KVState, next_prompt,
                  generators: list[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor] | None:
         if state.length == 0:
@@ -299,12 +270,7 @@ class Compressor:
         budget = torch.maximum(self.budgets(state), prot[0, :, 0, :].sum(dim=1))
         if bool((budget == state.mask.sum(dim=1)).all()):
             return  # keeping everything: leave the cache untouched, bit for bit
-        s = self.policy.score(HandOff(wrapper, state, next_prompt, self.scope, generators)).float()
-        if self.scope == "shared":
-            s = s.mean(dim=(0, 2), keepdim=True)
-        elif self.scope == "layer":
-            s = s.mean(dim=2, keepdim=True)
-        s = s.masked_fill(state.mask[None, :, None, :] == 0, -math.inf).masked_fill(prot, math.inf)
+        s = self.scores(wrapper, state, next_prompt, generators).masked_fill(prot, math.inf)
         k = int(budget.max())
         # a stable sort breaks ties (max-pooled scores have plateaus) by cache order, which padding does not change
         top = s.argsort(dim=-1, descending=True, stable=True)[..., :k]

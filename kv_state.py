@@ -11,19 +11,92 @@ every forward pass gets explicit `position_ids` and the full 2-D attention mask.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache
+from transformers.cache_utils import Cache, CacheLayerMixin
+
+import architecture
 
 PAD, PROMPT, LATENT, TEXT = 0, 1, 2, 3
 POSITION_MODES = ("original", "rerotate", "shift")
 
 
+class KVLayer(CacheLayerMixin):
+    """One attention layer's keys and values, whatever the layer's kind: never trimmed, never windowed (what a
+    query may see is the state's masks' business). Stored in buffers (B, H, capacity, d) that grow geometrically
+    and are written in place, so appending a token does not copy the cache; the model gets views of the filled part."""
+
+    is_sliding = False
+    is_compileable = False
+    is_croppable = False
+
+    def __init__(self, **kwargs):
+        self._k = self._v = None
+        self.length = 0
+        self.is_initialized = False
+
+    @property
+    def keys(self) -> torch.Tensor | None:
+        return None if self._k is None else self._k[:, :, : self.length]
+
+    @property
+    def values(self) -> torch.Tensor | None:
+        return None if self._v is None else self._v[:, :, : self.length]
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self.device = key_states.device
+        self.is_initialized = True
+
+    def replace(self, keys: torch.Tensor, values: torch.Tensor, headroom: int = 0) -> None:
+        """Hold exactly `keys`/`values` (B, H, T, d) from now on, in new buffers with room for `headroom` more
+        columns (the old buffers are released: pruning frees memory)."""
+        b, h, t, _ = keys.shape
+        self._k = keys.new_empty(b, h, t + headroom, keys.shape[-1])
+        self._v = values.new_empty(b, h, t + headroom, values.shape[-1])
+        self._k[:, :, :t].copy_(keys)
+        self._v[:, :, :t].copy_(values)
+        self.length = t
+        self.device, self.is_initialized = keys.device, True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        new = key_states.shape[-2]
+        if self._k is None or self.length + new > self._k.shape[2]:
+            grown = self.length + new
+            self.replace(self.keys if self._k is not None else key_states[:, :, :0],
+                         self.values if self._v is not None else value_states[:, :, :0],
+                         headroom=grown - self.length + max(grown // 2, 64))
+        self._k[:, :, self.length: self.length + new].copy_(key_states)
+        self._v[:, :, self.length: self.length + new].copy_(value_states)
+        self.length += new
+        return self.keys, self.values
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.length + query_length, 0
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def get_max_length(self) -> int:
+        return -1
+
+    def reserved_nbytes(self) -> int:
+        return 0 if self._k is None else self._k.nbytes + self._v.nbytes
+
+
+def _cache(pairs: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> Cache:
+    cache = Cache(layer_class_to_replicate=KVLayer)
+    for k, v in pairs or []:
+        layer = KVLayer()
+        layer.replace(k, v)
+        cache.layers.append(layer)
+    return cache
+
+
 @dataclass
 class KVState:
-    cache: DynamicCache | None
+    cache: Cache | None
     mask: torch.Tensor
     next_pos: torch.Tensor
     pos: torch.Tensor
@@ -34,6 +107,12 @@ class KVState:
         z = torch.zeros(1, batch_size, 1, 0, dtype=torch.long, device=device)
         return cls(cache=None, mask=torch.zeros(batch_size, 0, dtype=torch.long, device=device),
                    next_pos=torch.zeros(batch_size, dtype=torch.long, device=device), pos=z, kinds=z.clone())
+
+    @classmethod
+    def from_tensors(cls, layers: list[tuple[torch.Tensor, torch.Tensor]], mask: torch.Tensor,
+                     next_pos: torch.Tensor, pos: torch.Tensor, kinds: torch.Tensor) -> KVState:
+        """A state over given per-layer (keys, values) (B, H, T, d): for benchmarks and tests."""
+        return cls(_cache(layers), mask, next_pos, pos, kinds)
 
     @property
     def batch_size(self) -> int:
@@ -48,14 +127,18 @@ class KVState:
         """Real (non-padding) entries per row."""
         return self.mask.sum(dim=1).tolist()
 
-    def _layers(self):
+    def _layers(self) -> list[KVLayer]:
         if self.cache is None:
             return []
-        return [layer for layer in self.cache.layers if getattr(layer, "keys", None) is not None]
+        return [layer for layer in self.cache.layers if layer.keys is not None]
 
     def nbytes(self) -> int:
-        """Bytes held by every key and value tensor of the cache (what the device really stores)."""
+        """Bytes of every key and value the cache holds (its filled columns; `reserved_nbytes` adds the headroom)."""
         return sum(layer.keys.nbytes + layer.values.nbytes for layer in self._layers())
+
+    def reserved_nbytes(self) -> int:
+        """Bytes the cache's buffers occupy, headroom for appending included."""
+        return sum(layer.reserved_nbytes() for layer in self._layers())
 
     def row_nbytes(self) -> list[int]:
         """Each row's share of `nbytes()`: its real entries times the bytes one cache column holds per row.
@@ -77,13 +160,12 @@ class KVState:
 
     def clone(self) -> KVState:
         layers = self.layer_tensors()
-        cache = DynamicCache([(k.clone(), v.clone()) for k, v in layers]) if layers else None
-        return KVState(cache, self.mask.clone(), self.next_pos.clone(), self.pos.clone(), self.kinds.clone())
+        return KVState(_cache(layers) if layers else None, self.mask.clone(), self.next_pos.clone(),
+                       self.pos.clone(), self.kinds.clone())
 
     def _truncate(self, length: int) -> None:
         for layer in self._layers():
-            layer.keys = layer.keys[:, :, :length, :]
-            layer.values = layer.values[:, :, :length, :]
+            layer.length = min(layer.length, length)
         self.mask, self.pos, self.kinds = self.mask[:, :length], self.pos[..., :length], self.kinds[..., :length]
 
 
@@ -104,6 +186,52 @@ def _positions(state: KVState, new_mask: torch.Tensor) -> torch.Tensor:
     return pos.masked_fill(new_mask == 0, 0)
 
 
+def _visible(state: KVState, q_pos: torch.Tensor, new_mask: torch.Tensor, kind: str, span: int | None,
+             layer: int = 0) -> torch.Tensor:
+    """(B, H', N, T + N) bool: which keys each new query may see in a layer of `kind` (window or chunk `span`).
+
+    Every cached entry sits at a logical position before the next token's (pruning leaves gaps, parallel blocks
+    overlap, but nothing cached is ahead), so a full-attention query sees every valid cached key and, among the new
+    tokens, those at positions up to its own. Windows and chunks are measured in logical positions too, per layer
+    and head when a per-layer or per-head selection made the cached positions differ."""
+    valid = torch.cat([state.mask, new_mask], dim=1).bool()[:, None, None, :]  # (B, 1, 1, T+N)
+    qp = q_pos[:, None, :, None]  # (B, 1, N, 1)
+    among_new = q_pos[:, None, :] <= q_pos[:, :, None]  # (B, N, N): key position <= query position
+    old = torch.ones(*among_new.shape[:2], state.length, dtype=torch.bool, device=valid.device)
+    seen = valid & torch.cat([old, among_new], dim=2)[:, None]
+    if kind == "full_attention":
+        return seen
+    cached = state.pos[layer if state.pos.shape[0] > 1 else 0]  # (B, H', T)
+    k_pos = torch.cat([cached, q_pos[:, None, :].expand(-1, cached.shape[1], -1)], dim=2)[:, :, None, :]
+    if kind == "sliding_attention":
+        return seen & (qp - k_pos < span)
+    return seen & (torch.div(qp, span, rounding_mode="floor") == torch.div(k_pos, span, rounding_mode="floor"))
+
+
+def _additive(seen: torch.Tensor, heads: int, dtype: torch.dtype) -> torch.Tensor:
+    # a finite minimum, not -inf: padding queries see nothing and must still give finite (unused) outputs
+    if seen.shape[1] not in (1, heads):
+        seen = seen.repeat_interleave(heads // seen.shape[1], dim=1)
+    return torch.zeros(seen.shape, dtype=dtype, device=seen.device).masked_fill(~seen, torch.finfo(dtype).min)
+
+
+def attention_masks(model, state: KVState, q_pos: torch.Tensor, new_mask: torch.Tensor):
+    """The prepared masks for one forward pass over new tokens at positions `q_pos`: (mask argument for the model,
+    per-layer masks or None). One 4-D mask when every layer sees the same; a mapping per attention kind when kinds
+    differ; a list per layer when windowed layers see different cached positions (per-layer or per-head selection).
+    """
+    arch = architecture.describe(model)
+    dtype = model.dtype
+    per_layer = state.pos.shape[0] > 1 or state.pos.shape[2] > 1
+    if per_layer and any(w is not None for w in arch.windows):
+        masks = [_additive(_visible(state, q_pos, new_mask, kind, w, li), arch.n_heads, dtype)
+                 for li, (kind, w) in enumerate(zip(arch.layer_types, arch.windows))]
+        return masks[0], masks
+    by_kind = {kind: _additive(_visible(state, q_pos, new_mask, kind, arch.window(kind)), arch.n_heads, dtype)
+               for kind in arch.kinds}
+    return (next(iter(by_kind.values())) if len(by_kind) == 1 else by_kind), None
+
+
 @torch.no_grad()
 def extend(model, state: KVState, *, input_ids: torch.Tensor | None = None,
            inputs_embeds: torch.Tensor | None = None, new_mask: torch.Tensor | None = None,
@@ -119,48 +247,32 @@ def extend(model, state: KVState, *, input_ids: torch.Tensor | None = None,
     if new_mask is None:
         new_mask = torch.ones(bsz, new_len, dtype=torch.long, device=state.mask.device)
     if state.cache is None:
-        state.cache = DynamicCache(config=model.config)
+        state.cache = _cache()
     position_ids = _positions(state, new_mask)
-    attention_mask = torch.cat([state.mask, new_mask], dim=1)
-    kwargs = dict(attention_mask=attention_mask, position_ids=position_ids, cache=state.cache, use_cache=True)
+    mask_arg, per_layer = attention_masks(model, state, position_ids, new_mask)
+    kwargs = dict(attention_mask=mask_arg, position_ids=position_ids, cache=state.cache, use_cache=True)
     if input_ids is not None:
         kwargs["input_ids"] = input_ids
     else:
         kwargs["inputs_embeds"] = inputs_embeds
-    if want == "hidden":
-        out = model.base_model(**kwargs).last_hidden_state[:, -1, :]
-    elif want == "logits":
-        out = model(**kwargs, logits_to_keep=1).logits[:, -1, :]
-    elif want == "all_logits":
-        out = model(**kwargs).logits
-    else:
-        raise ValueError(f"want must be 'hidden', 'logits' or 'all_logits', got {want!r}")
+    hooks = architecture.attention(model, masks=per_layer) if per_layer is not None else nullcontext()
+    with hooks:
+        if want == "hidden":
+            out = architecture.decoder(model)(**kwargs).last_hidden_state[:, -1, :]
+        elif want == "logits":
+            out = model(**kwargs, logits_to_keep=1).logits[:, -1, :]
+        elif want == "all_logits":
+            out = model(**kwargs).logits
+        else:
+            raise ValueError(f"want must be 'hidden', 'logits' or 'all_logits', got {want!r}")
     lp, _, hp, _ = state.pos.shape
-    state.mask = attention_mask
+    state.mask = torch.cat([state.mask, new_mask], dim=1)
     state.pos = torch.cat([state.pos, position_ids[None, :, None, :].expand(lp, bsz, hp, new_len)], dim=-1)
     new_kinds = (new_mask * kind)[None, :, None, :].expand(lp, bsz, hp, new_len)
     state.kinds = torch.cat([state.kinds, new_kinds], dim=-1)
     state.next_pos = state.next_pos + new_mask.sum(dim=1)
     # with --device_map the last layer may sit elsewhere: results come back to where the batch's masks live
     return out.to(state.mask.device)
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
-def _rerotate(model, keys: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-    """Turn post-RoPE keys (B, H, K, d) by `delta` positions (B or 1, H or 1, K): RoPE angles add up."""
-    rotary = getattr(model.base_model, "rotary_emb", None)
-    if rotary is None or getattr(rotary, "attention_scaling", 1.0) != 1.0:
-        raise ValueError("--kv_positions rerotate needs plain RoPE (a rotary_emb with no attention scaling); "
-                         "use --kv_positions original")
-    b, h, k, d = keys.shape
-    delta = delta.to(keys.device).expand(b, h, k).reshape(b * h, k)
-    cos, sin = rotary(keys.float(), delta)  # (B*H, K, d); the rotary module may sit on another device
-    cos, sin = cos.view(b, h, k, d).float().to(keys.device), sin.view(b, h, k, d).float().to(keys.device)
-    return (keys.float() * cos + _rotate_half(keys.float()) * sin).to(keys.dtype)
 
 
 def _take(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -193,8 +305,8 @@ def select(model, state: KVState, index: torch.Tensor, keep: torch.Tensor, posit
         keys, values = _take(layer.keys, idx), _take(layer.values, idx)
         if positions == "rerotate":
             delta = new_pos[:, None, :] - old_pos[li if lp > 1 else 0]
-            keys = _rerotate(model, keys, delta)
-        layer.keys, layer.values = keys, values
+            keys = architecture.rotate(model, li, keys, delta)
+        layer.replace(keys, values)
     state.kinds = torch.gather(state.kinds.expand(lp, bsz, hp, -1), 3, index) * keep[None, :, None, :]
     state.mask = keep.long()
     if positions == "original":
@@ -214,8 +326,8 @@ def concat(states: list[KVState]) -> KVState:
     if not states:
         raise ValueError("nothing to concatenate")
     layers = [s.layer_tensors() for s in states]
-    cache = DynamicCache([(torch.cat([ly[i][0] for ly in layers], dim=2), torch.cat([ly[i][1] for ly in layers], dim=2))
-                          for i in range(len(layers[0]))])
+    cache = _cache([(torch.cat([ly[i][0] for ly in layers], dim=2), torch.cat([ly[i][1] for ly in layers], dim=2))
+                    for i in range(len(layers[0]))])
     lp = max(s.pos.shape[0] for s in states)
     hp = max(s.pos.shape[2] for s in states)
 

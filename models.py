@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+import architecture
 from kv_state import LATENT, TEXT, KVState, extend
 from registry import EMBEDDED_MODELS
 from teams import DEFAULT_SYSTEM
@@ -128,6 +129,10 @@ def load_model(name: str, device: str = "auto", dtype: str = "auto", attn_implem
     else:
         model.to(dev)
     model.eval()
+    try:
+        architecture.describe(model)  # refuse what the KV state cannot hold before any item runs
+    except architecture.ArchitectureError as e:
+        raise ModelError(f"cannot run {name!r}: {e}") from e
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
@@ -139,7 +144,8 @@ class Realigner:
     """Maps a last hidden state to the input-embedding space (Zou et al. 2025, sec. 3).
 
     matrix: ridge least squares R = argmin ||W_out R - W_in||^2 + lam ||R||^2 (None = identity);
-    target_norm: mean L2 norm of the input-embedding rows, the norm every latent vector is rescaled to.
+    target_norm: mean L2 norm of what the embedding module returns for real tokens (families that scale embeddings
+    inside that module, as Gemma does by sqrt(hidden), included): the norm every latent vector is rescaled to.
     """
 
     matrix: torch.Tensor | None
@@ -150,7 +156,7 @@ class Realigner:
     @torch.no_grad()
     def build(cls, model, realign: bool, lam: float = 1e-5) -> Realigner:
         w_in = model.get_input_embeddings().weight.detach().float()
-        target_norm = w_in.norm(dim=1).mean().item()
+        target_norm = architecture.embedding_norm(model)
         if not realign:
             return cls(None, target_norm, w_in.device)
         # with --device_map the LM head may sit on another device than the input embeddings: solve beside the latter

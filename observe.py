@@ -53,7 +53,7 @@ def layer_similarity(wrapper, state, next_prompt) -> torch.Tensor:
 
     keys = [k for k, _ in state.layer_tensors()]
     q = wrapper.embed_mean(next_prompt).float()
-    q = F.normalize(_fit_query(q, keys[0].shape[-1], keys[0].shape[1]), dim=-1)
+    q = F.normalize(_fit_query(q, keys[0].shape[-1]), dim=-1)
     # per layer on that layer's device (a model spread with --device_map keeps its layers on several), then CPU
     return torch.stack([torch.einsum("btd,bd->bt", F.normalize(k.float().mean(dim=1), dim=-1), q.to(k.device)).cpu()
                         for k in keys])

@@ -100,8 +100,6 @@ def synthetic_state(model, length: int, batch: int = 1, block: int = 0, latents:
     """A KV state of `length` real entries per row with random keys and values in the model's cache layout (what
     a step costs depends on the cache's length, not on its content). With `block` > 0 the entries are laid out as
     agents' blocks of `block` entries whose last `latents` entries are latent steps."""
-    from transformers import DynamicCache
-
     cfg = model.config
     n_kv = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
     d = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
@@ -112,7 +110,7 @@ def synthetic_state(model, length: int, batch: int = 1, block: int = 0, latents:
     kinds = torch.full_like(pos, PROMPT)
     if block and latents:
         kinds[..., (torch.arange(length, device=dev) % block) >= block - latents] = LATENT
-    return KVState(DynamicCache(layers), torch.ones(batch, length, dtype=torch.long, device=dev),
+    return KVState.from_tensors(layers, torch.ones(batch, length, dtype=torch.long, device=dev),
                    torch.full((batch,), length, dtype=torch.long, device=dev), pos, kinds)
 
 

@@ -6,12 +6,11 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from transformers import DynamicCache
 
 import compression
 import registry
 import run
-from compression import CompressionError, Compressor
+from compression import Compressor
 from data import Item
 from kv_state import LATENT, KVState, extend
 from methods import MethodConfig, get_method
@@ -217,7 +216,7 @@ def test_seed_knn_picks_the_indices_of_a_direct_recomputation():
     layers = [(torch.randn(1, heads, t, d, generator=g), torch.randn(1, heads, t, d, generator=g))
               for _ in range(n_layers)]
     q = torch.randn(1, hidden, generator=g)
-    state = KVState(DynamicCache(layers), torch.ones(1, t, dtype=torch.long), torch.tensor([t]),
+    state = KVState.from_tensors(layers, torch.ones(1, t, dtype=torch.long), torch.tensor([t]),
                     torch.arange(t)[None, None, None, :], torch.ones(1, 1, 1, t, dtype=torch.long))
     fake = SimpleNamespace(model=SimpleNamespace(), embed_mean=lambda enc: q)
     for strategy, p, min_keep in (("top", 0.6, 5), ("bottom", 0.6, 5), ("top", 0.3, 2)):
@@ -230,7 +229,7 @@ def test_seed_knn_picks_the_indices_of_a_direct_recomputation():
         early = sim[: t - r]
         idx = early.topk(k - r, largest=(strategy == "top")).indices.sort().values
         expected = idx.tolist() + list(range(t - r, t))
-        s = KVState(DynamicCache([(a.clone(), b.clone()) for a, b in layers]), state.mask.clone(),
+        s = KVState.from_tensors([(a.clone(), b.clone()) for a, b in layers], state.mask.clone(),
                     state.next_pos.clone(), state.pos.clone(), state.kinds.clone())
         comp = Compressor(f"knn-{strategy}", keep=p, min_keep=min_keep)
         hand = compression.HandOff(fake, s, None, "shared", _gens(1))
@@ -268,10 +267,11 @@ def test_fidelity_and_compression_need_latent_mas(method, capsys):
         assert e.value.code == 2 and "latent_mas" in capsys.readouterr().err
 
 
-def test_attention_query_on_a_model_without_q_proj_is_refused():
-    model = SimpleNamespace(base_model=SimpleNamespace(layers=[SimpleNamespace(self_attn=SimpleNamespace())]))
-    with pytest.raises(CompressionError, match="embed-mean"):
-        Compressor("knn-top", query="attention").check(model)
+def test_seed_query_for_a_hidden_size_that_is_not_a_multiple_of_head_dim():
+    """The seed averages the embedding's head_dim-wide chunks; a partial last chunk is zero-filled (documented)."""
+    q = torch.arange(1.0, 11.0)[None]  # width 10, head_dim 4: chunks [1..4], [5..8], [9, 10, 0, 0]
+    torch.testing.assert_close(compression._fit_query(q, 4), torch.tensor([[5.0, 6.0, 10 / 3, 4.0]]))
+    assert compression._fit_query(q[:, :8], 4).tolist() == [[3.0, 4.0, 5.0, 6.0]]
 
 
 def test_seed_flags_map_onto_the_registry(tiny_model_dir, tmp_path):
