@@ -89,6 +89,13 @@ def describe(model) -> Arch:
     return arch
 
 
+def model_summary(model) -> dict:
+    """What config.json records of the model's layout."""
+    arch = describe(model)
+    return {"class": arch.name, "layer_types": arch.layer_types, "windows": arch.windows, "heads": arch.n_heads,
+            "kv_heads": arch.n_kv_heads, "head_dim": arch.head_dim, "rope_layers": rope_layers(model)}
+
+
 # --- attention hooks -----------------------------------------------------------------------------------------------
 
 @dataclass

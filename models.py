@@ -188,11 +188,25 @@ class Decoded:
     tokens: list[list[int]]  # generated ids per row (EOS included when it was emitted)
 
 
+FALLBACK_STOPS = ("\nUser:", "\nSystem:")  # the plain format's next turn: a base model goes on writing turns
+
+
 class ModelWrapper:
     def __init__(self, model, tokenizer, device: torch.device, realign: bool = False, build_realigner: bool = True):
         self.model, self.tokenizer, self.device = model, tokenizer, device
         self.realigner = Realigner.build(model, realign) if build_realigner else None
         self.stop_ids = self._stop_ids()
+        self.prompt_format = "chat_template" if getattr(tokenizer, "chat_template", None) else "fallback"
+        self.stop_texts = FALLBACK_STOPS if self.prompt_format == "fallback" else ()
+        self.bos = self._bos_text() if self.prompt_format == "fallback" else ""
+
+    def _bos_text(self) -> str:
+        """The BOS token's text when the tokenizer puts one before every text it encodes (chat templates write their
+        own): base Llama, Mistral and Gemma read text badly without it."""
+        tok = self.tokenizer
+        if tok.bos_token_id is None or tok("a")["input_ids"][:1] != [tok.bos_token_id]:
+            return ""
+        return tok.bos_token
 
     def _stop_ids(self) -> set[int]:
         ids = set()
@@ -215,7 +229,7 @@ class ModelWrapper:
         if getattr(self.tokenizer, "chat_template", None):
             text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         else:
-            text = "".join(f"{m['role'].capitalize()}: {m['content']}\n\n" for m in messages) + "Assistant:"
+            text = self.bos + "".join(f"{m['role'].capitalize()}: {m['content']}\n\n" for m in messages) + "Assistant:"
         return text + suffix
 
     def encode(self, texts: list[str]) -> Encoded:
@@ -277,14 +291,26 @@ class ModelWrapper:
             for i in range(bsz):
                 if not done[i]:
                     out[i].append(int(tok[i]))
+                    if self.stop_texts and self._at_stop_text(out[i]):
+                        done[i] = True
             done = done | torch.isin(tok, stop)
             if bool(done.all()) or step == max_new_tokens - 1:
                 break
             tok = tok.masked_fill(done, pad)
             logits = extend(self.model, state, input_ids=tok[:, None], new_mask=(~done).long()[:, None],
                             want="logits", kind=TEXT)
-        texts = [self.tokenizer.decode(t, skip_special_tokens=True).strip() for t in out]
+        texts = [self._cut(self.tokenizer.decode(t, skip_special_tokens=True)).strip() for t in out]
         return Decoded(texts, out)
+
+    def _at_stop_text(self, tokens: list[int]) -> bool:
+        tail = self.tokenizer.decode(tokens[-8:], skip_special_tokens=True)
+        return any(s in tail for s in self.stop_texts)
+
+    def _cut(self, text: str) -> str:
+        """The text before the first stop marker (the next turn a base model starts on its own)."""
+        for s in self.stop_texts:
+            text = text.split(s)[0]
+        return text
 
     @staticmethod
     def _sample(logits: torch.Tensor, temperature: float, top_p: float,

@@ -282,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
 def load(args, launch: Launch, run_dir: Path) -> tuple:
     """Items, model and method settings of this run; writes config.json for a new run. Fails in one line."""
     # heavy imports after argument checks, so --help and bad flags answer at once
+    from architecture import model_summary
     from compression import CompressionError, compressor_from_args
     from data import DataError, load_task
     from methods import MethodConfig
@@ -311,11 +312,16 @@ def load(args, launch: Launch, run_dir: Path) -> tuple:
     # the realignment matrix is built once here, outside every timed region
     wrapper = ModelWrapper(model, tokenizer, device, realign=args.latent_space_realign,
                            build_realigner=args.method == "latent_mas")
+    if wrapper.prompt_format == "fallback" and launch.is_main:
+        print(f"[model] {args.model_name} has no chat template: prompts use the plain 'User: ... Assistant:' format"
+              f"{' after BOS' if wrapper.bos else ''}, decoding stops at the next 'User:' turn", file=sys.stderr)
     if not args.resume and launch.is_main:
+        model_info = {"prompt_format": wrapper.prompt_format, "architecture": model_summary(model),
+                      "latent_target_norm": wrapper.realigner.target_norm if wrapper.realigner else None}
         config = {"args": {k: v for k, v in vars(args).items() if k not in ("resume", "team")}, "data": data_info,
                   "team": args.team.as_dict() if args.team else None,
-                  "device": str(device), "dtype": str(model.dtype), "environment": environment(),
-                  "scale_out": launch.describe(n_total, items)}
+                  "device": str(device), "dtype": str(model.dtype), "model": model_info,
+                  "environment": environment(), "scale_out": launch.describe(n_total, items)}
         try:
             write_json(run_dir / "config.json", config)
         except RunDirError as e:

@@ -16,7 +16,7 @@ import compression  # noqa: E402
 from compression import Compressor  # noqa: E402
 from data import Item  # noqa: E402
 from kv_state import KVState, extend, select  # noqa: E402
-from methods import MethodConfig, get_method  # noqa: E402
+from methods import MethodConfig, get_method, latent_mas  # noqa: E402
 from models import ModelWrapper  # noqa: E402
 from tests.families import FAMILIES, build  # noqa: E402
 
@@ -106,16 +106,24 @@ def prune_vs_mask(w: ModelWrapper, policy: str = "knorm") -> float:
 
 def batched_vs_one_by_one(w: ModelWrapper, policy: str = "snapkv", scope: str = "head") -> float:
     """latent_mas through latent steps, pruning at every hand-off and greedy decoding: a left-padded batch of three
-    items vs each item alone. Returns the largest difference of the judger's teacher-forced logits (same outputs
-    are asserted by the test)."""
+    items vs each item alone (same outputs and judger KV sizes asserted). Returns the largest difference of the
+    judger's next-token logits after its prompt."""
     items = [Item(index=i, question=q, gold="1", meta={}) for i, q in enumerate(QUESTIONS)]
     cfg = MethodConfig(answer_type="number", max_new_tokens=6, temperature=0.0, top_p=1.0, seed=0, latent_steps=3,
-                       compressor=Compressor(policy, keep=0.5, scope=scope, min_keep=3), fidelity=True)
+                       compressor=Compressor(policy, keep=0.5, scope=scope, min_keep=3))
     batched = get_method("latent_mas")(w, items, cfg)
     alone = [get_method("latent_mas")(w, [it], cfg)[0] for it in items]
     assert [r["output"] for r in batched] == [r["output"] for r in alone]
     assert [r["agents"][-1]["kv_tokens_in"] for r in batched] == [r["agents"][-1]["kv_tokens_in"] for r in alone]
-    return max(abs(a["fidelity"]["kl"] - b["fidelity"]["kl"]) for a, b in zip(batched, alone))
+
+    def judger_logits(some):
+        team = cfg.get_team()
+        encs = latent_mas._encode_team(w, some, cfg, team)
+        state, _ = latent_mas._think(w, some, cfg, team, encs, cfg.compressor)
+        return extend(w.model, state, input_ids=encs[-1].ids, new_mask=encs[-1].mask, want="logits")
+
+    together = judger_logits(items)
+    return max((together[i] - judger_logits([it])[0]).abs().max().item() for i, it in enumerate(items))
 
 
 def keep_all_identical(w: ModelWrapper) -> bool:
@@ -234,7 +242,7 @@ if __name__ == "__main__":  # the per-family differences quoted in the README an
     torch.set_num_threads(1)
     folder = tempfile.mkdtemp()
     _train_tokenizer(Path(folder))
-    print("| family | layer kinds | chaining | latent rollout | prune vs mask | batched vs alone (KL) | keep-all "
+    print("| family | layer kinds | chaining | latent rollout | prune vs mask | batched vs alone | keep-all "
           "| rerotate vs fresh |")
     print("|---|---|---|---|---|---|---|---|")
     for name in NAMES:
@@ -244,3 +252,58 @@ if __name__ == "__main__":  # the per-family differences quoted in the README an
         rr = f"skipped: {reason}" if reason else f"{rerotate_vs_fresh(w):.1e}"
         print(f"| {name} | {kinds} | {chaining(w):.1e} | {latent_rollout(w):.1e} | {prune_vs_mask(w):.1e} "
               f"| {batched_vs_one_by_one(w):.1e} | {'identical' if keep_all_identical(w) else 'DIFFERENT'} | {rr} |")
+
+
+# --- base models (no chat template) --------------------------------------------------------------------------------
+
+def _base_wrapper(tiny_model_dir, bos: bool) -> ModelWrapper:
+    from tokenizers import processors
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tok.chat_template = None
+    if bos:  # a tokenizer that puts BOS before every text, as base Llama / Mistral / Gemma tokenizers do
+        tok._tokenizer.post_processor = processors.TemplateProcessing(
+            single=f"{tok.bos_token} $A", special_tokens=[(tok.bos_token, tok.bos_token_id)])
+    model = build("llama", len(tok), tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
+    return ModelWrapper(model, tok, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("bos", [True, False])
+def test_fallback_format_starts_with_bos_where_the_tokenizer_expects_one(tiny_model_dir, bos):
+    w = _base_wrapper(tiny_model_dir, bos)
+    assert w.prompt_format == "fallback"
+    enc = w.encode([w.render("What is the total?")])
+    assert (enc.ids[0, 0].item() == w.tokenizer.bos_token_id) == bos
+    assert w.render("q").endswith("User: q\n\nAssistant:")
+
+
+def test_decoding_stops_at_the_next_turn_marker(tiny_model_dir):
+    """A base model runs on into the next turn; decoding stops there and the text ends before the marker."""
+    w = _base_wrapper(tiny_model_dir, bos=False)
+    enc = w.encode([w.render(QUESTIONS[0])])
+    free = w.generate(KVState.empty(1, w.device), enc, 24)
+    assert len(free.tokens[0]) == 24  # the random model never ends on its own
+    marker = w.tokenizer.decode(free.tokens[0][10:12])
+    w.stop_texts = (marker,)
+    cut = w.generate(KVState.empty(1, w.device), enc, 24)
+    assert len(cut.tokens[0]) <= 12 and marker not in cut.texts[0]
+    assert free.texts[0].startswith(cut.texts[0])
+
+
+def test_a_base_model_run_records_its_prompt_format_and_latent_norm(tiny_model_dir, tmp_path, capsys):
+    import json
+
+    import run
+
+    w = _base_wrapper(tiny_model_dir, bos=True)
+    folder = tmp_path / "base-llama"
+    w.model.save_pretrained(folder)
+    w.tokenizer.save_pretrained(folder)
+    assert run.main(["--method", "latent_mas", "--model_name", str(folder), "--max_samples", "1", "--latent_steps",
+                     "2", "--max_new_tokens", "4", "--temperature", "0", "--output_dir", str(tmp_path / "out")]) == 0
+    assert "no chat template" in capsys.readouterr().err
+    config = json.loads(next((tmp_path / "out").glob("*/config.json")).read_text())
+    assert config["model"]["prompt_format"] == "fallback"
+    assert config["model"]["latent_target_norm"] == pytest.approx(architecture.embedding_norm(w.model), rel=1e-5)
+    assert config["model"]["architecture"]["layer_types"] == ["full_attention"] * 3
