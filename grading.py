@@ -34,14 +34,41 @@ _BOX_START = re.compile(r"\\(?:boxed|fbox)\s*\{")
 
 # Commands whose argument is plain text we want to keep (units, letters written as text).
 _TEXT_CMD = re.compile(r"\\(?:text|textbf|textit|textrm|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}")
-_FRAC = re.compile(r"\\[dt]?frac\s*\{\s*([^{}]+?)\s*\}\s*\{\s*([^{}]+?)\s*\}")
-_SCI = re.compile(r"([-+]?\d+(?:\.\d+)?)\s*(?:\\times|\\cdot|×|\*|x)\s*10\s*\^\s*\{?\s*([-+]?\d+)\s*\}?")
+
+# ---- Reading the one number a box states (see _number_from_math for the accepted forms).
+# LaTeX spacing (\, \; \: \ ~ and Unicode thin/no-break spaces) is a space; \! is nothing.
+_SPACING = re.compile(r"\\[,;: ]|~|[\u00a0\u2009\u202f]")
+# Digit groups of three separated by single spaces are thousands ("1 234 567"), made commas before reading.
+_SPACED_GROUPS = re.compile(r"(?<![\d.,])\d{1,3}(?: \d{3})+(?!\d)")
+# An unsigned decimal: thousands grouped by commas only in well-formed groups of three, an optional exponent.
+_DEC = r"(?:(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?|\.\d+)(?:[eE][-+]?\d+)?"
+_INT_EXP = r"(?:\{\s*([-+]?\d+)\s*\}|([-+]?\d+))"  # an integer exponent, braced or not
+_TEX_FRAC = r"\\[dt]?frac\s*(?:\{\s*([-+]?" + _DEC + r")\s*\}\s*\{\s*([-+]?" + _DEC + r")\s*\}|(\d)\s*(\d))"
+_TIMES = r"(?:\\times|\\cdot|×|·|\*|x)"
+# The value's forms, tried in this order at its first character (after an optional sign).
+_FORMS = [
+    ("scientific", re.compile(r"(" + _DEC + r")\s*" + _TIMES + r"\s*10\s*\^\s*" + _INT_EXP)),
+    ("mixed", re.compile(r"(\d+)\s*" + _TEX_FRAC)),
+    ("mixed_plain", re.compile(r"(\d+)\s+(\d+)\s*/\s*(\d+)(?![\d.])")),
+    ("power", re.compile(r"(" + _DEC + r")\s*\^\s*" + _INT_EXP)),
+    ("fraction", re.compile(_TEX_FRAC)),
+    ("ratio", re.compile(r"(" + _DEC + r")\s*/\s*(" + _DEC + r")")),
+    ("decimal", re.compile(_DEC)),
+]
+# Where the value starts; a sign counts only when not glued to a word ("x-5" is an expression, not -5).
+_VALUE_START = re.compile(r"(?:(?<![\w)\]}])(?P<sign>[-+]))?\s*(?=\d|\.\d|\\[dt]?frac)")
+# Around the value only words may stand: "Total: 18", "18 dollars", "5 km^2", "3 m/s", "(18)". A digit, an
+# operator or a LaTeX command there means the box states more than one number or an expression.
+_PREFIX_OK = re.compile(r"[A-Za-z\s:,.'\"(\[]*")
+_UNIT_POWER = re.compile(r"(?<=[A-Za-z])\s*\^\s*(?:\{\s*-?\d+\s*\}|-?\d+)")
+_UNIT_RATIO = re.compile(r"(?<=[A-Za-z])\s*/\s*(?=[A-Za-z])")
+_SUFFIX_OK = re.compile(r"(?:[A-Za-z]+(?:-[A-Za-z]+)*|[\s.,;:!?'\"()\[\]])*")
+_CONSTANT = re.compile(r"[ei](?![A-Za-z])")  # glued "e" or "i" is a constant (5e, 2i), not a unit
+_MAX_DIGITS = 100  # longer numbers, or powers of ten beyond 1e±100, are no answer (and would cost time to build)
 
 # A number as written by a model: optional sign (not when glued to a preceding word or digit, so "16-3"
 # yields 16 and 3, not 16 and -3), thousands separators only in well-formed groups of three.
-_NUM = re.compile(r"(?:(?<![\w)\]}.])[-+−])?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|(?<![\w.])[-+−]?\.\d+")
-# "a/b" written as a plain fraction, whole token only.
-_PLAIN_FRAC = re.compile(r"^([-+−]?\d+)\s*/\s*(\d+)$")
+_NUM = re.compile(r"(?:(?<![\w)\]}.])[-+−])?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?|(?<![\w.])[-+−]?\.\d+")
 
 # Prose cue before a final number: "The answer is 18", "Answer: $18", "final answer: 18".
 _NUM_CUE = re.compile(
@@ -136,45 +163,121 @@ def _canon(value: Fraction) -> str:
 
 
 def _to_fraction(token: str) -> Fraction | None:
-    token = token.replace("−", "-").replace(",", "").replace(" ", "")
-    token = token.removeprefix("+")
+    """An exact value for a decimal token ("1,234.5", "-5.0e2"), or None beyond _MAX_DIGITS or 1e±_MAX_DIGITS."""
+    token = token.replace("−", "-").replace(",", "").replace(" ", "").removeprefix("+")
     try:
-        return Fraction(Decimal(token))
-    except (InvalidOperation, ValueError):
+        value = Decimal(token)
+    except InvalidOperation:
         return None
+    if not value.is_finite() or len(value.as_tuple().digits) > _MAX_DIGITS or abs(value.adjusted()) > _MAX_DIGITS:
+        return None
+    return Fraction(value)
+
+
+def _power(base: Fraction | None, exponent: str) -> Fraction | None:
+    """base ** exponent for an integer exponent, or None when that is undefined or absurdly large."""
+    exp = int(exponent)
+    if base is None or (base == 0 and exp < 0) or abs(exp) > _MAX_DIGITS:
+        return None
+    if base != 0 and abs(exp) * math.log10(max(abs(base), 1 / abs(base))) > _MAX_DIGITS:
+        return None
+    return base ** exp
+
+
+def _ratio(num: Fraction | None, den: Fraction | None) -> Fraction | None:
+    return None if num is None or not den else num / den
+
+
+def _tex_fraction(groups: tuple) -> Fraction | None:
+    """\\frac{a}{b} from its braced groups, or \\frac12 from its two digits."""
+    a, b, short_a, short_b = groups
+    return _ratio(_to_fraction(a or short_a), _to_fraction(b or short_b))
+
+
+def _mixed(whole: str, num: Fraction | None, den: Fraction | None) -> Fraction | None:
+    """2 1/2 = 2.5: a whole number and a proper fraction of whole numbers; anything else is ambiguous."""
+    if num is None or not den or num.denominator != 1 or den.denominator != 1 or not 0 <= num < den:
+        return None
+    return int(whole) + num / den
+
+
+def _form_value(form: str, m: re.Match) -> Fraction | None:
+    g = m.groups()
+    if form == "scientific":
+        mantissa, scale = _to_fraction(g[0]), _power(Fraction(10), g[1] or g[2])
+        return None if mantissa is None or scale is None else mantissa * scale
+    if form == "mixed":
+        return _mixed(g[0], *(_to_fraction(x) for x in (g[1] or g[3], g[2] or g[4])))
+    if form == "mixed_plain":
+        return _mixed(g[0], Fraction(int(g[1])), Fraction(int(g[2])))
+    if form == "power":
+        return _power(_to_fraction(g[0]), g[1] or g[2])
+    if form == "fraction":
+        return _tex_fraction(g)
+    if form == "ratio":
+        return _ratio(_to_fraction(g[0]), _to_fraction(g[1]))
+    return _to_fraction(m.group(0))
+
+
+def _clean_math(s: str) -> str:
+    """Box content reduced to plain text: text commands unwrapped, spacing, currency, %, degrees and \\left/\\right
+    removed, LaTeX thousands separators ({,} and spaced groups) made commas."""
+    s = _strip_text_cmds(s)
+    s = s.replace("\\!", "").replace("{,}", ",").replace("−", "-")
+    s = _SPACING.sub(" ", s)
+    for junk in ("\\$", "$", "€", "£", "¥", "₹", "\\%", "%", "\\left", "\\right", "\\displaystyle", "^\\circ",
+                 "^{\\circ}", "\\degree", "°", "\\approx"):
+        s = s.replace(junk, " ")
+    s = " ".join(s.split())
+    for _ in range(3):  # "{18}" or "{{18}}": redundant groups around the whole content
+        if not (s.startswith("{") and s.endswith("}") and _balanced(s[1:-1])):
+            break
+        s = s[1:-1].strip()
+    s = re.sub(r"(?<=\d),\s+(?=\d{3}(?!\d))", ",", s)  # "1, 000" (a model's spacing) -> "1,000"
+    return _SPACED_GROUPS.sub(lambda m: m.group(0).replace(" ", ","), s)
+
+
+def _balanced(s: str) -> bool:
+    depth = 0
+    for ch in s:
+        depth += (ch == "{") - (ch == "}")
+        if depth < 0:
+            return False
+    return depth == 0
+
+
+def _after_equals(s: str) -> str | None:
+    """The value side of "x = 5" or "2 + 3 = 5": after the last "=". None for two assignments ("x=5, y=3")."""
+    parts = s.split("=")
+    if any(re.search(r",\s*[A-Za-z]|;|\band\b", middle) for middle in parts[1:-1]):
+        return None
+    return parts[-1].strip()
 
 
 def _number_from_math(s: str) -> Fraction | None:
-    """The number a box (or an "answer is" phrase) states, or None when it states none."""
-    s = _strip_text_cmds(s)
-    s = s.replace("\\!", "").replace("\\,", "").replace("\\;", "").replace("\\ ", " ").replace("~", " ")
-    s = s.replace("\\$", "").replace("$", "").replace("\\%", "").replace("%", "")
-    s = s.replace("\\left", "").replace("\\right", "").replace("^\\circ", "").replace("^{\\circ}", "")
-    s = s.replace("−", "-").strip()
-    # "x = 5" or "2 + 3 = 5": the value is what follows the last equals sign.
-    if "=" in s:
-        s = s.rsplit("=", 1)[1].strip()
-    s = re.sub(r"(?<=\d),\s+(?=\d{3}(?!\d))", ",", s)  # "1, 000" (a model's spacing) -> "1,000"
-    m = _FRAC.search(s)
-    if m:
-        num, den = _to_fraction(m.group(1)), _to_fraction(m.group(2))
-        if num is not None and den:
-            sign = -1 if s[:m.start()].strip().endswith("-") else 1
-            return sign * num / den
-    m = _SCI.search(s)
-    if m:
-        base = _to_fraction(m.group(1))
-        if base is not None:
-            return base * Fraction(10) ** int(m.group(2))
-    m = _PLAIN_FRAC.match(s)
-    if m:
-        num, den = _to_fraction(m.group(1)), _to_fraction(m.group(2))
-        if num is not None and den:
-            return num / den
-    # Otherwise the first number: units, words and exponents of units follow it ("5 \text{km}^2").
-    m = _NUM.search(s)
-    if m:
-        return _to_fraction(m.group(0))
+    """The one number a box (or an "answer is" phrase) states, or None when it states none or several.
+
+    Accepted: 18, -5, +5, .5, 18.00, 1,000 (well-formed groups only), 1 234 567, 1{,}234, 1\\,234, 5.0e2, 10^3,
+    10^{-2}, 2.5 \\times 10^{3}, \\frac{1}{2}, \\frac12, 3/4, 2\\frac{1}{2} and 2 1/2 (mixed: 2.5), with "$", "%",
+    degrees, words and units around it (18 dollars, 5 km^2, Total: 18) and anything before a last "=". Refused:
+    a second number or an operator (0.1 + 0.2, 8 or 9, 2\\pi, 3 \\times 4), malformed groups (1,2345; 3,5).
+    """
+    s = _after_equals(_clean_math(s))
+    if not s:
+        return None
+    start = _VALUE_START.search(s)
+    if start is None or not _PREFIX_OK.fullmatch(s[:start.start()]):
+        return None
+    sign = -1 if start.group("sign") == "-" else 1
+    for form, pattern in _FORMS:
+        m = pattern.match(s, start.end())
+        if m is None:
+            continue
+        value = _form_value(form, m)
+        rest = _UNIT_RATIO.sub(" ", _UNIT_POWER.sub("", s[m.end():]))
+        if value is None or not _SUFFIX_OK.fullmatch(rest) or _CONSTANT.match(rest):
+            return None
+        return sign * value
     return None
 
 

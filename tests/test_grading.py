@@ -95,6 +95,81 @@ LETTER_CASES = [
 ]
 
 
+# Forms a box may state its one number in (issue 9): exponents, powers, LaTeX and spaced thousands, mixed numbers.
+NUMBER_FORMS = [
+    (r"\boxed{5.0e2}", "500"),
+    (r"\boxed{1.5E3}", "1500"),
+    (r"\boxed{2e-3}", "0.002"),
+    (r"\boxed{10^3}", "1000"),
+    (r"\boxed{10^{3}}", "1000"),
+    (r"\boxed{10^{-2}}", "0.01"),
+    (r"\boxed{2^{10}}", "1024"),
+    (r"\boxed{1.5 \cdot 10^{-3}}", "0.0015"),
+    (r"\boxed{1 234 567}", "1234567"),
+    (r"\boxed{1\,234\,567}", "1234567"),
+    (r"\boxed{1\ 234}", "1234"),
+    (r"\boxed{1~234}", "1234"),
+    (r"\boxed{1{,}234}", "1234"),
+    (r"\boxed{\$1{,}234.50}", "1234.5"),
+    (r"\boxed{1 234.5}", "1234.5"),
+    (r"\boxed{2\frac{1}{2}}", "2.5"),  # a mixed number, not 2 * 1/2 and not 1/2
+    (r"\boxed{2 \frac{1}{2}}", "2.5"),
+    (r"\boxed{-2\frac{1}{2}}", "-2.5"),
+    (r"\boxed{2 1/2}", "2.5"),
+    (r"\boxed{\frac12}", "0.5"),
+    (r"\boxed{\frac{-3}{4}}", "-0.75"),
+    (r"\boxed{{18}}", "18"),
+    (r"\boxed{(18)}", "18"),
+    (r"\boxed{30^\circ}", "30"),
+    (r"\boxed{5 \text{km}^2}", "5"),
+    (r"\boxed{3 \text{ m/s}}", "3"),
+    (r"\boxed{\text{Total: } 18}", "18"),
+    (r"\boxed{2 + 3 = 5}", "5"),
+    (r"\boxed{x = -5}", "-5"),
+]
+# Boxes that state no single number: a second number, an operator, a constant or malformed grouping.
+NOT_ONE_NUMBER = [
+    r"\boxed{1,2345}", r"\boxed{3,5}", r"\boxed{12,34,567}", r"\boxed{0.5 123}", r"\boxed{0.1 + 0.2}",
+    r"\boxed{8 \text{ or } 9}", r"\boxed{8, 9}", r"\boxed{3 \times 4}", r"\boxed{x-5}", r"\boxed{5 - x}",
+    r"\boxed{x=5, y=3}", r"\boxed{2\pi}", r"\boxed{5e}", r"\boxed{\sqrt{2}}", r"\boxed{2\frac{3}{2}}",
+    r"\boxed{\frac{1}{0}}", r"\boxed{10^{1000}}", r"\boxed{1e400}",
+]
+
+
+@pytest.mark.parametrize(("text", "pred"), NUMBER_FORMS)
+def test_number_forms(text: str, pred: str) -> None:
+    assert extract_answer(text, "number") == (pred, "boxed")
+    assert is_correct(pred, pred, "number")
+
+
+@pytest.mark.parametrize("text", NOT_ONE_NUMBER)
+def test_boxes_without_one_number_are_no_answer(text: str) -> None:
+    assert extract_answer(text, "number") == (None, "none")
+    assert extract_answer(text, "integer") == (None, "none")
+
+
+def test_measured_misreadings_score_right() -> None:
+    """The issue's measurements: each box scored against the number it states (and not the one misread before)."""
+    for text, gold, misread in [(r"\boxed{5.0e2}", "500", "5"), (r"\boxed{1 234 567}", "1234567", "1"),
+                                (r"\boxed{1{,}234}", "1234", "1"), (r"\boxed{2\frac{1}{2}}", "2.5", "0.5"),
+                                (r"\boxed{10^3}", "1000", "10")]:
+        pred, _ = extract_answer(text, "number")
+        assert is_correct(pred, gold, "number") and not is_correct(pred, misread, "number")
+    for text, once_right in [(r"\boxed{1,2345}", "1234"), (r"\boxed{0.1 + 0.2}", "0.1"),
+                             (r"\boxed{8 \text{ or } 9}", "8")]:
+        pred, _ = extract_answer(text, "number")
+        assert not is_correct(pred, once_right, "number")
+
+
+def test_number_reading_stays_fast_on_hostile_text() -> None:
+    import time
+    for text in ["1,111" * 3000 + "1", "111 " * 5000, "1" * 20000, "\\frac{" * 3000, "{" * 5000 + "1" + "}" * 5000,
+                 "a " * 10000 + "5", "1e" + "9" * 50, "10^{" + "9" * 50 + "}"]:
+        t0 = time.perf_counter()
+        normalize_number(text)
+        assert time.perf_counter() - t0 < 0.5, text[:20]
+
+
 @pytest.mark.parametrize(("text", "pred", "path"), NUMBER_CASES)
 def test_extract_number(text: str, pred: str | None, path: str) -> None:
     assert extract_answer(text, "number") == (pred, path)
@@ -122,7 +197,8 @@ def test_extract_unknown_type_raises() -> None:
 @pytest.mark.parametrize(("raw", "canon"), [
     ("18", "18"), ("18.00", "18"), ("1,000", "1000"), ("+5", "5"), ("-5", "-5"), ("$18", "18"),
     ("18 dollars", "18"), ("0.250", "0.25"), (72, "72"), (2.5, "2.5"), (3.0, "3"), ("abc", None), (None, None),
-    (float("nan"), None), (True, None),
+    (float("nan"), None), (True, None), ("5.0e2", "500"), ("1 234 567", "1234567"), ("0.1 + 0.2", None),
+    (1e-05, "0.00001"), ("1.23456789012e-05", "0.0000123456789012"),
 ])
 def test_normalize_number(raw: object, canon: str | None) -> None:
     assert normalize_number(raw) == canon  # type: ignore[arg-type]
