@@ -34,6 +34,7 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import IO
 
 from utils import (
     LOCK_FILE,
@@ -44,6 +45,7 @@ from utils import (
     read_results,
     summarize,
     to_json,
+    why_not,
     write_atomic,
     write_json,
 )
@@ -72,7 +74,7 @@ class Launch:
     shard_id: int = 0
     nonce: str = ""  # one value per launch, agreed at the start; marks which "done" markers belong to it
     created: bool = False  # the main process made the run directory (so it may remove it if nothing was written)
-    lock: object = None  # the open run.lock of the main process: the directory is this launch's while it is open
+    lock: IO | None = None  # the open run.lock of the main process: the directory is this launch's while it is open
 
     @classmethod
     def from_args(cls, args, env=None) -> Launch:
@@ -174,8 +176,8 @@ class Launch:
             try:
                 chosen.mkdir(parents=True, exist_ok=True)
             except OSError as e:
-                raise RunDirError(f"cannot create the run directory {chosen} ({e.strerror}); give a writable "
-                                  "folder") from None
+                raise RunDirError(f"cannot create the run directory {chosen} ({why_not(chosen, e)}); give a "
+                                  "writable folder") from None
         else:
             name = default_name(args)
             if self.num_shards > 1:
@@ -428,11 +430,14 @@ def merge_runs(dirs: list[Path], out: Path | None, allow_missing: bool = False,
     if out is None:
         base = re.sub(r"_shard\d+of\d+", "", ref_dir.name)
         base = re.sub(r"_\d{8}-\d{6}(-\d+)?$", "", base)
-        out = Path(parent or ref_dir.parent) / f"{base}_merged{k}_{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+        out = new_run_dir(Path(parent or ref_dir.parent), f"{base}_merged{k}_{datetime.now():%Y%m%d-%H%M%S}")
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise ScaleOutError(f"--out {out} exists and is not empty; choose a new folder")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ScaleOutError(f"cannot create --out {out} ({why_not(out, e)}); give a writable folder") from None
 
     args = dict(ref["args"], num_shards=1, shard_id=0)
     total = ref.get("scale_out", {}).get("items_total", len(records))

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 # parallel and utils import nothing heavy: run directories are checked and locked before torch loads
-from parallel import RUNTIME_FLAGS, Launch, ScaleOutError, describe_diff
+from parallel import RUNTIME_FLAGS, Launch, ScaleOutError
 from registry import DEFAULT_MODEL, EMBEDDED_MODELS, METHODS, POLICIES, TASKS, TOPOLOGIES
 from utils import (
     ResultsWriter,
@@ -188,11 +188,12 @@ def resumed(args: argparse.Namespace, argv: list[str]) -> argparse.Namespace:
         fail(f"--resume: {e}")
     given = given_flags(argv)
     default = build_parser().get_default
-    changed = {f"--{k}": (saved.get(k, default(k)), v) for k, v in given.items()
-               if k not in RUNTIME_FLAGS and v != saved.get(k, default(k))}
+    changed = [f"--{k} {v!r} (saved: {saved.get(k, default(k))!r})" for k, v in given.items()
+               if k not in RUNTIME_FLAGS and v != saved.get(k, default(k))]
     if changed:
-        fail(f"--resume {args.resume}: {', '.join(changed)} would change the results "
-             f"({describe_diff(changed, 'saved', 'given')}); drop them to continue the saved run, or start a new run")
+        it = "them" if len(changed) > 1 else "it"
+        fail(f"--resume {args.resume}: {', '.join(changed)} would change the results; drop {it} to continue the "
+             f"saved run, or start a new run with {it}")
     return argparse.Namespace(**{**vars(args), **{k: v for k, v in saved.items() if k not in given}})
 
 

@@ -99,9 +99,14 @@ def new_run_dir(parent: Path, name: str) -> Path:
             except FileExistsError:
                 continue
     except OSError as e:
-        raise RunDirError(f"cannot create a run directory in {parent} ({e.strerror}); give --output_dir a "
+        raise RunDirError(f"cannot create a run directory in {parent} ({why_not(parent, e)}); give --output_dir a "
                           "writable folder") from None
     raise AssertionError("unreachable")
+
+
+def why_not(path: Path, e: OSError) -> str:
+    """The reason a folder cannot be made or used, in words a user can act on."""
+    return "it is a file, not a folder" if path.exists() and not path.is_dir() else e.strerror
 
 
 def lock_run_dir(run_dir: Path) -> IO:
@@ -112,23 +117,25 @@ def lock_run_dir(run_dir: Path) -> IO:
     deleting it would let two processes each lock a different file of the same name."""
     path = Path(run_dir) / LOCK_FILE
     try:
-        f = open(path, "a+", encoding="utf-8")
+        f = open(path, "a+b", buffering=0)  # unbuffered: nothing left to flush (and fail) at close
     except OSError as e:
         raise RunDirError(f"cannot use {run_dir} as a run directory ({e.strerror}); give a writable folder") from None
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
         f.seek(0)
-        holder = f.read().strip() or "another process"
+        holder = f.read().decode("utf-8", "replace").strip() or "another process"
         f.close()
         if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
             raise RunDirError(f"cannot lock {path} ({e.strerror}); put runs on a file system with flock") from None
         raise RunDirError(f"{run_dir} is in use by {holder}; wait for that run to end (or stop it), or write "
                           "to another directory") from None
-    f.seek(0)
-    f.truncate()
-    f.write(f"pid {os.getpid()} on {socket.gethostname()}, started {datetime.now():%Y-%m-%d %H:%M:%S}\n")
-    f.flush()
+    note = f"pid {os.getpid()} on {socket.gethostname()}, started {datetime.now():%Y-%m-%d %H:%M:%S}\n"
+    try:
+        f.truncate(0)
+        f.write(note.encode())
+    except OSError:
+        pass  # a full disk: the lock holds all the same, only the note naming its holder is missing
     return f
 
 

@@ -223,11 +223,11 @@ def test_a_damaged_middle_line_stops_every_reader_and_changes_nothing(how, finis
 
 
 @pytest.mark.parametrize("flags, named", [
-    (["--max_new_tokens", "9"], "--max_new_tokens"),
-    (["--temperature", "0.7"], "--temperature"),
-    (["--task", "arc_easy"], "--task"),
-    (["--latent_steps", "2", "--seed", "1"], "--latent_steps, --seed"),
-    (["--kv_policy", "knorm"], "--kv_policy"),
+    (["--max_new_tokens", "9"], "--max_new_tokens 9 (saved: 4)"),
+    (["--temperature", "0.7"], "--temperature 0.7 (saved: 0.0)"),
+    (["--task", "arc_easy"], "--task 'arc_easy' (saved: 'gsm8k')"),
+    (["--latent_steps", "2", "--seed", "1"], "--latent_steps 2 (saved: 1), --seed 1 (saved: 42)"),
+    (["--kv_policy", "knorm"], "--kv_policy 'knorm' (saved: 'none')"),
 ])
 def test_resume_refuses_flags_that_change_results(flags, named, finished, capsys):
     before = (finished / "results.jsonl").read_bytes()
@@ -365,6 +365,16 @@ def test_disk_full_during_the_run_simulated(tiny_model_dir, tmp_path, monkeypatc
     assert [json.loads(x)["index"] for x in (rd / "results.jsonl").read_text().splitlines()] == [0, 1, 2]
 
 
+def _fill(disk: Path) -> None:
+    """Another file takes every free byte of `disk`."""
+    with open(disk / "filler", "wb", buffering=0) as f:
+        try:
+            while f.write(b"\0" * 4096):
+                pass
+        except OSError:
+            pass  # full
+
+
 @pytest.fixture
 def small_disk(tmp_path):
     mnt = tmp_path / "disk"
@@ -384,12 +394,7 @@ def test_disk_full_during_the_run_on_a_real_small_disk(small_disk, tiny_model_di
     def filling(*a, **kw):
         calls.append(1)
         if len(calls) == 2:
-            with open(small_disk / "filler", "wb", buffering=0) as f:
-                try:
-                    while f.write(b"\0" * 4096):
-                        pass
-                except OSError:
-                    pass  # full
+            _fill(small_disk)
         return [dict(r, pad="x" * 8192) for r in real(*a, **kw)]  # a record larger than any page left free
 
     monkeypatch.setattr(lm, "run_batch", filling)
@@ -400,3 +405,10 @@ def test_disk_full_during_the_run_on_a_real_small_disk(small_disk, tiny_model_di
     monkeypatch.setattr(lm, "run_batch", real)
     assert run.main(["--resume", str(rd)]) == 0
     assert _indices(rd) == [0, 1, 2] and json.loads((rd / "summary.json").read_text())["n"] == 3
+
+
+def test_a_full_disk_at_the_start_leaves_no_directory(small_disk, tiny_model_dir, capsys):
+    _fill(small_disk)
+    line = _exit_2(_cli(tiny_model_dir, "--output_dir", str(small_disk / "runs")), capsys)
+    assert "config.json (No space left on device)" in line and "start the run again" in line
+    assert not list((small_disk / "runs").iterdir())
