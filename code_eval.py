@@ -72,7 +72,7 @@ class ExecResult:
     network_isolated: bool | None = None  # None: the sandbox never reported (it did not start)
     processes_blocked: bool | None = None
     # What held for this run: net, fs (writes confined to the working directory), pid (PID namespace), uid,
-    # caps (all capability sets empty), seccomp, landlock (its ABI, 0 when absent).
+    # caps (no effective, permitted, inheritable or ambient capability), seccomp, landlock (its ABI, 0 if absent).
     isolation: dict = field(default_factory=dict)
 
     def to_record(self) -> dict:
@@ -575,6 +575,13 @@ def _others_can_read(path: str) -> bool:
     return True
 
 
+def _unprivileged_uid(cfg: dict, paths: list[str]) -> int:
+    """The harness's unprivileged uid when this process is root and that uid can read the interpreter's folders;
+    else this process's own uid (root then runs the program, without capabilities)."""
+    want = cfg["uid"]
+    return want if os.geteuid() == 0 and want >= 0 and all(_others_can_read(p) for p in paths) else os.geteuid()
+
+
 def _python_paths() -> list[str]:
     """The interpreter's import folders (and zips), without those inside another one."""
     paths = sorted({os.path.realpath(p) for p in sys.path if p and os.path.exists(p)})
@@ -691,7 +698,7 @@ def _private_filesystem(cfg: dict, pid_ns: bool) -> tuple[bool, int]:
             _expose(paths)
         except OSError:
             pass
-    uid = want if os.geteuid() == 0 and want >= 0 and all(_others_can_read(p) for p in paths) else os.geteuid()
+    uid = _unprivileged_uid(cfg, paths)
     try:
         _minimal_dev()
     except OSError:
@@ -772,9 +779,11 @@ def _drop_privileges(uid: int) -> None:
 
 
 def _no_capabilities() -> bool:
+    """No effective, permitted, inheritable or ambient capability. The bounding set only limits what an exec could
+    gain (exec is refused, no_new_privs is set); it is emptied too where this process may (root, user namespace)."""
     with open("/proc/self/status") as fh:
-        caps = [ln.split()[1] for ln in fh if ln.startswith("Cap")]
-    return len(caps) == 5 and all(int(c, 16) == 0 for c in caps)
+        caps = {k: int(v, 16) for k, v in (ln.split(":") for ln in fh if ln.startswith("Cap"))}
+    return len(caps) == 5 and not any(v for k, v in caps.items() if k != "CapBnd")
 
 
 def _network_is_private(port: int | None, host_net: int | None) -> bool:
@@ -836,19 +845,20 @@ def _init(cfg: dict, port: int | None, host_net: int | None, pid_ns: bool, statu
     _prctl(PR_SET_DUMPABLE, 0)
     _unshare(CLONE_NEWNET)
     _unshare(CLONE_NEWIPC | CLONE_NEWUTS)
-    confined, uid = False, os.geteuid()
+    confined, uid = False, None
     if _unshare(CLONE_NEWNS):
         try:
             confined, uid = _private_filesystem(cfg, pid_ns)
         except OSError:
             pass
-    if not confined and os.geteuid() == 0 and cfg["uid"] >= 0:  # no private tmpfs: the program needs its folder
+    if uid is None:
+        uid = _unprivileged_uid(cfg, _python_paths())
+    if not confined and uid != os.geteuid():  # no private tmpfs: the program's folder must be its own
         try:
             for path in (cfg["work"], os.path.join(cfg["work"], "main.py")):
-                os.chown(path, cfg["uid"], cfg["uid"])
-            uid = cfg["uid"]
+                os.chown(path, uid, uid)
         except OSError:
-            pass
+            uid = os.geteuid()
     child = os.fork()
     if child == 0:
         os.close(init_w)
