@@ -39,15 +39,14 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
-import shutil
 import signal
 import stat
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
+
+# The runner imports this file for every sample, so the harness's own modules (subprocess, tempfile, shutil,
+# secrets, concurrent.futures) are imported inside the functions that use them: about 10 ms less per sample.
 
 __all__ = ["DEFAULT_MEMORY_MB", "DEFAULT_TIMEOUT_S", "ExecResult", "default_workers", "evaluate_many",
            "run_program"]
@@ -138,6 +137,8 @@ def _last_line(text: str) -> str:
 
 
 def _rmtree(path: str) -> None:
+    import shutil
+
     def fix(func, p, _exc):  # the program may have removed permissions on what it created
         try:
             os.chmod(os.path.dirname(p), 0o700)
@@ -161,6 +162,7 @@ def _json_dict(line: bytes) -> dict | None:
 def _parse_report(raw: bytes, token: bytes) -> tuple[dict, dict | None]:
     """(isolation, final report) from what the outer runner wrote: the isolation line as soon as the sandbox was
     set up, then, once it is gone, the final report and this run's token (None when either is missing)."""
+    import secrets
     lines = raw.split(b"\n")
     isolation = _json_dict(lines[0]) or {}
     report = None
@@ -200,6 +202,9 @@ def _verdict(isolation: dict, report: dict | None, finished: bool, timeout_s: fl
 def run_program(program: str, *, timeout_s: float = DEFAULT_TIMEOUT_S, memory_mb: int = DEFAULT_MEMORY_MB,
                 output_cap: int = OUTPUT_CAP_BYTES) -> ExecResult:
     """Run one Python program (solution followed by its tests) in the sandbox; passed only if it ran to the end."""
+    import secrets
+    import subprocess
+    import tempfile
     root = tempfile.mkdtemp(prefix="latentmas-eval-")
     work = os.path.join(root, "work")
     t0 = time.monotonic()
@@ -248,7 +253,7 @@ def run_program(program: str, *, timeout_s: float = DEFAULT_TIMEOUT_S, memory_mb
 def evaluate_many(programs: list[str | None], *, workers: int | None = None, timeout_s: float = DEFAULT_TIMEOUT_S,
                   memory_mb: int = DEFAULT_MEMORY_MB) -> list[ExecResult]:
     """run_program over many programs, `workers` at a time (default: min(4, CPUs)); None means no code to run."""
-    from concurrent.futures import ThreadPoolExecutor  # here: the sandbox runner imports this file too
+    from concurrent.futures import ThreadPoolExecutor
 
     def one(program: str | None) -> ExecResult:
         if program is None:
