@@ -57,6 +57,7 @@ OUTPUT_CAP_BYTES = 1 << 20  # per stream, and the largest file the program may w
 WORKDIR_CAP_BYTES = 64 << 20  # all files in the private working directory together
 UNPRIVILEGED_ID = 65534  # "nobody": the uid and gid a root harness runs programs as
 _DETAIL_CHARS = 300
+_GRACE_S = 5.0  # beyond the timeout, for the runner to tear the sandbox down before the harness kills it all
 _END_OF_TESTS = b"\x00end of tests\n"
 
 
@@ -174,7 +175,7 @@ def _parse_report(raw: bytes, token: bytes) -> tuple[dict, dict | None]:
 def _verdict(isolation: dict, report: dict | None, finished: bool, timeout_s: float, cpu_s: int,
              stderr: str) -> tuple[bool, str, str]:
     """(passed, status, detail) from the outer runner's report on the program's process."""
-    if not finished:
+    if not finished or (report or {}).get("timeout"):
         return False, "timeout", f"killed after {timeout_s:g} s wall clock"
     if report is None:
         return False, "error", _last_line(stderr) or "the sandbox did not report"
@@ -220,7 +221,8 @@ def run_program(program: str, *, timeout_s: float = DEFAULT_TIMEOUT_S, memory_mb
         cpu_s = max(1, int(timeout_s + 0.999))
         config = {"token_fd": token_r, "result_fd": result_w, "cpu_s": cpu_s, "memory": int(memory_mb) << 20,
                   "fsize": int(output_cap), "workdir_bytes": WORKDIR_CAP_BYTES, "work": work,
-                  "uid": UNPRIVILEGED_ID if os.geteuid() == 0 else -1, "parent": os.getpid()}
+                  "uid": UNPRIVILEGED_ID if os.geteuid() == 0 else -1, "parent": os.getpid(),
+                  "timeout_s": float(timeout_s)}
         cmd = [sys.executable, "-I", "-B", os.path.abspath(__file__), json.dumps(config)]
         with tempfile.TemporaryFile(dir=root) as out, tempfile.TemporaryFile(dir=root) as err:
             try:
@@ -233,8 +235,10 @@ def run_program(program: str, *, timeout_s: float = DEFAULT_TIMEOUT_S, memory_mb
             finally:
                 os.close(token_r)
                 os.close(result_w)
-            finished = _wait_unreaped(proc.pid, timeout_s)
-            _kill_group(proc.pid)  # a timed-out sandbox, and anything a finished one left behind
+            # The runner enforces the timeout and returns once the sandbox is gone; the harness's own deadline
+            # is a backstop for a runner that does not.
+            finished = _wait_unreaped(proc.pid, timeout_s + _GRACE_S)
+            _kill_group(proc.pid)
             proc.wait()
             elapsed = time.monotonic() - t0
             raw = _read_pipe(result_r)
@@ -811,6 +815,7 @@ def _program(cfg: dict, port: int | None, host_net: int | None, pid_ns: bool, co
              status_w: int) -> int:
     """The sandboxed process: confine itself, report what holds, run main.py, and only if that returned report the
     end of the tests."""
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # without a PID namespace, nothing else ends it with init
     _limits(cfg)
     _drop_privileges(uid)
     net = _network_is_private(port, host_net)
@@ -846,7 +851,7 @@ def _init(cfg: dict, port: int | None, host_net: int | None, pid_ns: bool, statu
     """First process of the sandbox: private namespaces and file system, then the program's process; reports its
     wait status on init_w."""
     _close_fds_except(status_w, init_w)
-    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # the namespace dies with the outer runner (its parent)
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # the sandbox dies with the outer runner (its parent)
     _prctl(PR_SET_DUMPABLE, 0)
     _unshare(CLONE_NEWNET)
     _unshare(CLONE_NEWIPC | CLONE_NEWUTS)
@@ -900,15 +905,30 @@ def _outer(cfg: dict) -> int:
     status_r, status_w = os.pipe()
     init = os.fork()
     if init == 0:
+        os.setpgid(0, 0)  # a group of its own for init and program: the outer runner kills it as a whole
         _guarded(lambda: _init(cfg, port, host_net, pid_ns, status_w, init_w))
     os.close(init_w)
     os.close(status_w)
     if listener:
         listener.close()
+    timed_out = []
+
+    def on_timeout(_sig, _frame):
+        timed_out.append(True)
+        _kill_group(init)
+
+    signal.signal(signal.SIGALRM, on_timeout)
+    signal.setitimer(signal.ITIMER_REAL, cfg["timeout_s"])
     done = _relay(status_r, cfg["result_fd"])
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    # Kill what is left of the group while init is unreaped (so its pid, the group id, cannot be reused); in a PID
+    # namespace, init's exit waits until every process of the namespace is gone.
+    os.waitid(os.P_PID, init, os.WEXITED | os.WNOWAIT)
+    _kill_group(init)
     os.waitpid(init, 0)
     status_text = _read_pipe(init_r)
-    report = {"status": int(status_text) if status_text.strip().isdigit() else None, "done": done}
+    report = {"status": int(status_text) if status_text.strip().isdigit() else None, "done": done,
+              "timeout": bool(timed_out)}
     token = os.read(cfg["token_fd"], 64)  # only now, so no process of the sandbox ever held it
     os.write(cfg["result_fd"], json.dumps(report).encode() + b"\n" + token)
     return 0
