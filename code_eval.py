@@ -4,16 +4,16 @@ Each sample is one run of this file as a script, `python -I -B code_eval.py CONF
 the whole process group can be killed) without any pre-exec hook (safe from a threaded parent such as a torch
 process). That runner never runs the sample itself; three processes take part:
 
-- the outer runner stays in the harness's namespaces, unprivileged code never runs in it; it holds the pipe to the
-  harness and the per-run token, and reports what happened once the sandbox is gone;
+- the outer runner stays in the harness's namespaces and never runs sample code; it holds the pipe to the harness
+  and the per-run token, kills the sandbox at the wall-clock timeout, and reports once the sandbox is gone (the
+  harness kills the runner's group only as a backstop);
 - the init, forked into a new PID namespace (created directly as root, inside a new user namespace otherwise),
   builds the private namespaces (network, mount, IPC, UTS) and the private file system, then waits for the
-  program's process; when it exits, the kernel kills whatever is left in the namespace;
+  program's process; its exit takes every process of the namespace along;
 - the program's process, forked from the init, drops every privilege and runs the sample:
-  - limits: RLIMIT_CPU, RLIMIT_AS (memory), RLIMIT_FSIZE (each file, so the captured output), no core files; the
-    harness kills the process group at the wall-clock timeout;
-  - the uid 65534 ("nobody") when the harness is root, with empty capability sets (bounding and ambient too),
-    PR_SET_NO_NEW_PRIVS and not dumpable;
+  - limits: RLIMIT_CPU, RLIMIT_AS (memory), RLIMIT_FSIZE (each file, so the captured output), no core files;
+  - the uid 65534 ("nobody") when the harness is root and that uid can read the interpreter (else root, still
+    without capabilities), empty capability sets (bounding and ambient too), PR_SET_NO_NEW_PRIVS, not dumpable;
   - a seccomp filter: any foreign system call ABI (i386 `int 0x80`, x32) kills the process; new processes, exec,
     namespaces, mounts, tracing and reading other processes, signals to any other process, kernel keys, modules,
     BPF, perf, io_uring and Unix sockets are refused (see _DENIED);

@@ -2,7 +2,7 @@
 
 | type | tasks | the model writes | correct when |
 |---|---|---|---|
-| number | gsm8k | `\\boxed{18}` | equal as numbers (1e-6 relative) |
+| number | gsm8k | `\\boxed{18}` | equal as numbers (1e-6 relative); a box must state exactly one number |
 | integer | aime2024, aime2025 | `\\boxed{70}` | equal integers; a missing answer is wrong, never an error |
 | letter | gpqa, medqa, arc_* | `\\boxed{B}` | same letter (any option count) |
 | option | winogrande | `\\boxed{1}` | same option number |
@@ -11,8 +11,9 @@
 The seed compared raw strings taken from the first `\\boxed{...}` without nested braces, so "18.00", "1,000",
 "(B)" and `\\text{B}` all scored as wrong, and a truncated think block could score by its last stray number.
 Here the LAST box wins, braces are matched properly, predictions are normalized to a canonical form, numbers
-are compared as numbers, and the prose fallback is deliberately conservative. Every extraction reports its path:
-"boxed", "block" (code), "fallback" (prose or unfenced code) or "none".
+are compared as numbers (exponents, powers, LaTeX thousands, mixed numbers; a box with a second number or an
+operator is no answer: see _number_from_math), and the prose fallback is deliberately conservative. Every
+extraction reports its path: "boxed", "block" (code), "fallback" (prose or unfenced code) or "none".
 """
 from __future__ import annotations
 

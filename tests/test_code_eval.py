@@ -110,6 +110,7 @@ def test_timeouts_kill_the_program(planted: dict[str, ExecResult], name: str) ->
     res = planted[name]
     assert not res.passed and res.status == "timeout"
     assert res.time_s < TIMEOUT_S + 3
+    assert res.isolation  # reported before the program ran, so a timed-out run has it too
     if name == "sleep_forever":
         assert _sandbox_gone(res)
 
