@@ -163,6 +163,21 @@ class KVState:
         return KVState(_cache(layers) if layers else None, self.mask.clone(), self.next_pos.clone(),
                        self.pos.clone(), self.kinds.clone())
 
+    def repeat(self, batch_size: int) -> KVState:
+        """A copy of this one-row state for `batch_size` rows."""
+        layers = [(k.expand(batch_size, -1, -1, -1), v.expand(batch_size, -1, -1, -1)) for k, v in self.layer_tensors()]
+
+        def rows(x: torch.Tensor) -> torch.Tensor:
+            return x.expand(x.shape[0], batch_size, *x.shape[2:]).clone()
+
+        return KVState(_cache(layers), self.mask.expand(batch_size, -1).clone(),
+                       self.next_pos.expand(batch_size).clone(), rows(self.pos), rows(self.kinds))
+
+    def adopt(self, other: KVState) -> None:
+        """Become `other` in place (callers hold this object)."""
+        self.cache, self.mask, self.next_pos, self.pos, self.kinds = (other.cache, other.mask, other.next_pos,
+                                                                      other.pos, other.kinds)
+
     def _truncate(self, length: int) -> None:
         for layer in self._layers():
             layer.length = min(layer.length, length)

@@ -188,6 +188,7 @@ class Decoded:
     tokens: list[list[int]]  # generated ids per row (EOS included when it was emitted)
 
 
+MIN_SHARED_PREFIX = 16  # tokens: below this a shared prefix saves less than the copy costs
 FALLBACK_STOPS = ("\nUser:", "\nSystem:")  # the plain format's next turn: a base model goes on writing turns
 
 
@@ -199,6 +200,10 @@ class ModelWrapper:
         self.prompt_format = "chat_template" if getattr(tokenizer, "chat_template", None) else "fallback"
         self.stop_texts = FALLBACK_STOPS if self.prompt_format == "fallback" else ()
         self.bos = self._bos_text() if self.prompt_format == "fallback" else ""
+        self.sync_every: int | None = None  # decode steps between host checks for finished rows (None: by device)
+        self.prefix_reuse = True  # prefill the template text shared by every item's prompt once per run
+        self._prefix_ref: dict[str, list[int]] = {}  # per call site: the token prefix all its prompts shared so far
+        self._prefix_states: dict[str, tuple[tuple[int, ...], KVState]] = {}
 
     def _bos_text(self) -> str:
         """The BOS token's text when the tokenizer puts one before every text it encodes (chat templates write their
@@ -254,13 +259,39 @@ class ModelWrapper:
 
     # --- latent thinking -----------------------------------------------------------------------------------
     @torch.no_grad()
+    def prefill(self, state: KVState, enc: Encoded, want: str = "hidden", prefix_key: str | None = None):
+        """`extend` over a prompt. On an empty state with a `prefix_key` (one per place that sends prompts of one
+        template), the token prefix that every prompt sent from there had so far is prefilled once, kept, and
+        copied into each row; only the rest of each prompt runs. The same within fp32 rounding (tested)."""
+        if not (self.prefix_reuse and prefix_key and state.length == 0):
+            return extend(self.model, state, input_ids=enc.ids, new_mask=enc.mask, want=want)
+        rows = [r[m == 1].tolist() for r, m in zip(enc.ids.cpu(), enc.mask.cpu())]
+        ref = self._prefix_ref.get(prefix_key, rows[0])
+        for r in rows:
+            ref = ref[: next((i for i, (a, b) in enumerate(zip(ref, r)) if a != b), min(len(ref), len(r)))]
+        self._prefix_ref[prefix_key] = ref
+        p = min(len(ref), min(len(r) for r in rows) - 1)  # every row keeps a token of its own to run
+        if p < MIN_SHARED_PREFIX:
+            return extend(self.model, state, input_ids=enc.ids, new_mask=enc.mask, want=want)
+        ids = tuple(ref[:p])
+        held = self._prefix_states.get(prefix_key)
+        if held is None or held[0] != ids:
+            shared = KVState.empty(1, self.device)
+            extend(self.model, shared, input_ids=torch.tensor([ids], device=self.device))
+            self._prefix_states[prefix_key] = held = (ids, shared)
+        state.adopt(held[1].repeat(len(rows)))
+        rest = self.tokenizer.pad({"input_ids": [r[p:] for r in rows]}, padding=True, return_tensors="pt")
+        return extend(self.model, state, input_ids=rest["input_ids"].to(self.device),
+                      new_mask=rest["attention_mask"].to(self.device), want=want)
+
+    @torch.no_grad()
     def prefill_and_think(self, state: KVState, enc: Encoded, steps: int,
-                          trace: dict | None = None) -> list[torch.Tensor]:
+                          trace: dict | None = None, prefix_key: str | None = None) -> list[torch.Tensor]:
         """Prefill the prompt on `state`, then run `steps` latent steps. Returns the latent vectors fed back.
 
         `trace` (for observers) receives "latents" and "hidden": the last-layer hidden states (B, D) after the prompt
         and after each latent step (steps + 1 of them; the last one is never fed back)."""
-        h = extend(self.model, state, input_ids=enc.ids, new_mask=enc.mask, want="hidden")
+        h = self.prefill(state, enc, "hidden", prefix_key)
         latents, hidden = [], [h]
         for _ in range(steps):
             v = self.realigner(h)
@@ -274,37 +305,40 @@ class ModelWrapper:
     # --- text out ------------------------------------------------------------------------------------------
     @torch.no_grad()
     def generate(self, state: KVState, enc: Encoded, max_new_tokens: int, temperature: float = 0.0,
-                 top_p: float = 1.0, generators: list[torch.Generator] | None = None) -> Decoded:
+                 top_p: float = 1.0, generators: list[torch.Generator] | None = None,
+                 prefix_key: str | None = None) -> Decoded:
         """Prefill the prompt on `state` and decode up to `max_new_tokens` per row.
 
         Each row samples from its own generator, so sampled outputs do not depend on the batch either. A row that
         finished feeds padding (mask 0) while the others go on; the last emitted token is not fed back.
         """
         bsz = enc.ids.shape[0]
-        logits = extend(self.model, state, input_ids=enc.ids, new_mask=enc.mask, want="logits")
+        logits = self.prefill(state, enc, "logits", prefix_key)
         done = torch.zeros(bsz, dtype=torch.bool, device=self.device)
-        out: list[list[int]] = [[] for _ in range(bsz)]
+        # tokens stay on the device; the host looks at `done` every `check` steps (on a GPU each look is a sync)
+        emitted = torch.zeros(bsz, max_new_tokens, dtype=torch.long, device=self.device)
+        live = torch.zeros(bsz, max_new_tokens, dtype=torch.bool, device=self.device)
+        check = self.sync_every or (1 if self.stop_texts or self.device.type == "cpu" else 8)
         stop = torch.tensor(sorted(self.stop_ids), device=self.device)
         pad = self.tokenizer.pad_token_id
         for step in range(max_new_tokens):
             tok = self._sample(logits, temperature, top_p, generators)
-            for i in range(bsz):
-                if not done[i]:
-                    out[i].append(int(tok[i]))
-                    if self.stop_texts and self._at_stop_text(out[i]):
-                        done[i] = True
+            emitted[:, step], live[:, step] = tok, ~done
             done = done | torch.isin(tok, stop)
-            if bool(done.all()) or step == max_new_tokens - 1:
+            if self.stop_texts:  # base models: the next turn's marker is text, seen only after decoding
+                done = done | self._stop_text_hits(emitted[:, : step + 1], live[:, : step + 1])
+            if step == max_new_tokens - 1 or ((step + 1) % check == 0 and bool(done.all())):
                 break
-            tok = tok.masked_fill(done, pad)
-            logits = extend(self.model, state, input_ids=tok[:, None], new_mask=(~done).long()[:, None],
-                            want="logits", kind=TEXT)
+            logits = extend(self.model, state, input_ids=tok.masked_fill(done, pad)[:, None],
+                            new_mask=(~done).long()[:, None], want="logits", kind=TEXT)
+        out = [row[keep].tolist() for row, keep in zip(emitted[:, : step + 1].cpu(), live[:, : step + 1].cpu())]
         texts = [self._cut(self.tokenizer.decode(t, skip_special_tokens=True)).strip() for t in out]
         return Decoded(texts, out)
 
-    def _at_stop_text(self, tokens: list[int]) -> bool:
-        tail = self.tokenizer.decode(tokens[-8:], skip_special_tokens=True)
-        return any(s in tail for s in self.stop_texts)
+    def _stop_text_hits(self, emitted: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
+        rows = [row[keep][-8:].tolist() for row, keep in zip(emitted.cpu(), live.cpu())]
+        return torch.tensor([any(s in self.tokenizer.decode(r, skip_special_tokens=True) for s in self.stop_texts)
+                             for r in rows], device=emitted.device)
 
     def _cut(self, text: str) -> str:
         """The text before the first stop marker (the next turn a base model starts on its own)."""

@@ -12,7 +12,7 @@ def run_batch(wrapper, items, cfg: MethodConfig) -> list[dict]:
     state = KVState.empty(len(items), wrapper.device)
     t0 = now(wrapper.device)
     dec = wrapper.generate(state, enc, cfg.max_new_tokens, cfg.temperature, cfg.top_p,
-                           [item_generator(cfg.seed, it.index) for it in items])
+                           [item_generator(cfg.seed, it.index) for it in items], prefix_key="baseline")
     share = (now(wrapper.device) - t0) / len(items)  # a batch's time, shared equally by its items
     kv_out = list(zip(state.valid_tokens(), state.row_nbytes()))
     records = []

@@ -35,8 +35,9 @@ def _work(wrapper, items, cfg: MethodConfig, agent, k: int, state: KVState, enc,
     """One non-final agent on `state`: latent steps, or text written onto the cache. Returns the Decoded text."""
     if agent.mode == "text":
         gens = [item_generator(cfg.seed, it.index, f"agent{k}") for it in items]
-        return wrapper.generate(state, enc, cfg.max_new_tokens, cfg.temperature, cfg.top_p, gens)
-    wrapper.prefill_and_think(state, enc, cfg.latent_steps, trace)
+        return wrapper.generate(state, enc, cfg.max_new_tokens, cfg.temperature, cfg.top_p, gens,
+                                prefix_key=f"agent{k}")
+    wrapper.prefill_and_think(state, enc, cfg.latent_steps, trace, prefix_key=f"agent{k}")
     return None
 
 

@@ -25,7 +25,7 @@ def run_batch(wrapper, items, cfg: MethodConfig) -> list[dict]:
         enc = wrapper.encode([wrapper.render(p, system=agent.system) for p in prompts])
         state = KVState.empty(n, wrapper.device)
         t0 = now(wrapper.device)
-        dec = wrapper.generate(state, enc, cfg.max_new_tokens, cfg.temperature, cfg.top_p, gens)
+        dec = wrapper.generate(state, enc, cfg.max_new_tokens, cfg.temperature, cfg.top_p, gens, prefix_key=f"text{k}")
         share = (now(wrapper.device) - t0) / n
         kv_out = list(zip(state.valid_tokens(), state.row_nbytes()))
         for i in range(n):

@@ -156,3 +156,47 @@ def test_latent_steps_zero_still_hands_the_prompt_cache_on(tiny):
     planner, critic, refiner, judger = rec["agents"]
     assert judger["kv_tokens_in"] == planner["prompt_tokens"] + critic["prompt_tokens"] + refiner["prompt_tokens"]
     assert rec["generated_tokens"] == judger["output_tokens"] > 0
+
+
+def test_decoding_with_host_checks_every_8_steps_gives_the_same_outputs(tiny):
+    """On a GPU the decode loop looks at finished rows only every few steps; rows that stopped keep feeding padding
+    meanwhile, so every row's tokens are the same as with a check after each step."""
+    w = _wrapper(tiny)
+    enc = w.encode([w.render(q) for q in QUESTIONS])
+    free = w.generate(KVState.empty(3, w.device), enc, 20)
+    w.stop_ids = w.stop_ids | {free.tokens[0][3], free.tokens[2][5]}  # rows end early, at different steps
+    outs = []
+    for every in (1, 8):
+        w.sync_every = every
+        outs.append(w.generate(KVState.empty(3, w.device), enc, 20))
+    w.sync_every, w.stop_ids = None, w._stop_ids()
+    assert outs[0].tokens == outs[1].tokens and outs[0].texts == outs[1].texts
+    assert len(outs[0].tokens[0]) <= 4 and len(outs[0].tokens[2]) <= 6
+
+
+@pytest.mark.parametrize("method", ["baseline", "text_mas", "latent_mas"])
+def test_shared_prefix_reuse_gives_the_same_outputs(smol, method):
+    """The template text every prompt starts with is prefilled once and copied into each row: same greedy outputs
+    (two batches, so the second reuses what the first found shared), the judger's logits within fp32 rounding."""
+    w = _wrapper(smol)
+    items = _items()
+    cfg = MethodConfig(answer_type="number", max_new_tokens=8, temperature=0.0, top_p=1.0, seed=0, latent_steps=2)
+    run = get_method(method)
+    outs = {}
+    for reuse in (False, True):
+        w.prefix_reuse, w._prefix_ref, w._prefix_states = reuse, {}, {}
+        outs[reuse] = run(w, items[:2], cfg) + run(w, items[2:], cfg)
+    assert [r["output"] for r in outs[True]] == [r["output"] for r in outs[False]]
+    assert w._prefix_states and min(len(ids) for ids, _ in w._prefix_states.values()) >= 16
+    w.prefix_reuse = True
+
+
+def test_prefix_reuse_logits_within_rounding(smol):
+    w = _wrapper(smol)
+    enc = w.encode([w.render(f"Read the question, think step by step, then give one number.\n{q}") for q in QUESTIONS])
+    w._prefix_ref, w._prefix_states = {}, {}
+    plain = w.prefill(KVState.empty(3, w.device), enc, "logits")
+    state = KVState.empty(3, w.device)
+    shared = w.prefill(state, enc, "logits", prefix_key="t")
+    assert len(w._prefix_states["t"][0]) >= 16 and state.valid_tokens() == enc.lengths()
+    assert (plain - shared).abs().max().item() < 1e-3 and plain.argmax(-1).tolist() == shared.argmax(-1).tolist()
