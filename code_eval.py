@@ -607,15 +607,18 @@ def _closed_ancestor(path: str) -> str | None:
     return None
 
 
-def _expose(paths: list[str]) -> None:
+def _expose(paths: list[str], keep: str) -> None:
     """Make paths reachable by other uids: each closed folder above them (root's home for pyenv) is replaced by a
-    tmpfs holding bind mounts of those paths only; everything else in that folder is hidden from the sandbox."""
+    tmpfs holding bind mounts of those paths only, and of `keep` (the working directory) if it lies there too;
+    everything else in that folder is hidden from the sandbox."""
     by_folder: dict[str, list[str]] = {}
     for path in paths:
         folder = _closed_ancestor(path)
         if folder:
             by_folder.setdefault(folder, []).append(path)
     for folder, inner in by_folder.items():
+        if keep.startswith(folder + "/"):
+            inner.append(keep)
         # O_PATH descriptors keep the originals reachable once the tmpfs covers them.
         held = [(p, os.path.isdir(p), os.open(p, os.O_PATH | os.O_CLOEXEC)) for p in inner]
         try:
@@ -704,7 +707,7 @@ def _private_filesystem(cfg: dict, pid_ns: bool) -> tuple[bool, int]:
     paths = _python_paths()
     if os.geteuid() == 0 and want >= 0 and not all(_others_can_read(p) for p in paths):
         try:
-            _expose(paths)
+            _expose(paths, work)
         except OSError:
             pass
     uid = _unprivileged_uid(cfg, paths)
