@@ -188,6 +188,28 @@ a.send(b"x")
 assert b.recv(1) == b"x"
 """,
         "proc_view": "import os\nprint(sorted(int(p) for p in os.listdir('/proc') if p.isdigit()), os.getpid())",
+        "fill_disk": """import errno
+written = 0
+try:
+    while True:
+        with open(f"f{written}", "wb") as fh:
+            fh.write(b"x" * (1 << 20))
+        written += 1
+except OSError as exc:
+    print("stopped", written, errno.errorcode[exc.errno])
+""",
+        "network_other": """import fcntl, socket, struct
+try:
+    socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"x", ("8.8.8.8", 53))
+    print("SENT")
+except OSError as exc:
+    print("udp refused", exc.errno)
+try:  # SIOCSIFFLAGS: bring the loopback up
+    fcntl.ioctl(socket.socket(socket.AF_INET, socket.SOCK_DGRAM), 0x8914, struct.pack("16sH22x", b"lo", 1))
+    print("LO UP")
+except OSError as exc:
+    print("lo refused", exc.errno)
+""",
     }
 
 
@@ -351,6 +373,21 @@ def test_exec_and_unix_sockets_refused(ctx: dict) -> None:
     _need(res, "seccomp")
     assert res.passed, res.stderr
     assert "exec refused PermissionError" in res.stdout and "unix refused PermissionError" in res.stdout
+
+
+def test_disk_use_is_bounded(ctx: dict) -> None:
+    res = _result(ctx, "fill_disk")
+    _need(res, "fs")
+    assert res.passed, res.stderr
+    _, written, error = res.stdout.split()
+    assert error in ("ENOSPC", "EDQUOT") and int(written) <= code_eval.WORKDIR_CAP_BYTES >> 20
+
+
+def test_no_route_out_and_no_interface_changes(ctx: dict) -> None:
+    res = _result(ctx, "network_other")
+    _need(res, "net")
+    assert res.passed, res.stderr
+    assert "SENT" not in res.stdout and "LO UP" not in res.stdout, res.stdout
 
 
 def test_proc_shows_only_the_sandbox(ctx: dict) -> None:
