@@ -11,6 +11,7 @@ every forward pass gets explicit `position_ids` and the full 2-D attention mask.
 """
 from __future__ import annotations
 
+import weakref
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
@@ -195,6 +196,15 @@ def rollback(state: KVState):
         state.next_pos = next_pos
 
 
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> its compiled one-token step
+
+
+def compile_steps(model) -> None:
+    """Run every one-token step (decoding, latent steps) of `model` through torch.compile (dynamic shapes: the
+    cache grows). Meant for GPU nodes: the first steps pay the compilation (tens of seconds)."""
+    _COMPILED[model] = (torch.compile(model, dynamic=True), torch.compile(architecture.decoder(model), dynamic=True))
+
+
 def _positions(state: KVState, new_mask: torch.Tensor) -> torch.Tensor:
     # Real tokens continue at the row's next logical position; padding gets position 0 (it is masked anyway).
     pos = state.next_pos[:, None] + new_mask.cumsum(dim=1) - 1
@@ -271,13 +281,14 @@ def extend(model, state: KVState, *, input_ids: torch.Tensor | None = None,
     else:
         kwargs["inputs_embeds"] = inputs_embeds
     hooks = architecture.attention(model, masks=per_layer) if per_layer is not None else nullcontext()
+    full, decoder = _COMPILED[model] if new_len == 1 and model in _COMPILED else (model, architecture.decoder(model))
     with hooks:
         if want == "hidden":
-            out = architecture.decoder(model)(**kwargs).last_hidden_state[:, -1, :]
+            out = decoder(**kwargs).last_hidden_state[:, -1, :]
         elif want == "logits":
-            out = model(**kwargs, logits_to_keep=1).logits[:, -1, :]
+            out = full(**kwargs, logits_to_keep=1).logits[:, -1, :]
         elif want == "all_logits":
-            out = model(**kwargs).logits
+            out = full(**kwargs).logits
         else:
             raise ValueError(f"want must be 'hidden', 'logits' or 'all_logits', got {want!r}")
     lp, _, hp, _ = state.pos.shape

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 import architecture
+import kv_state
 from kv_state import LATENT, TEXT, KVState, extend
 from registry import EMBEDDED_MODELS
 from teams import DEFAULT_SYSTEM
@@ -204,6 +205,15 @@ class ModelWrapper:
         self.prefix_reuse = True  # prefill the template text shared by every item's prompt once per run
         self._prefix_ref: dict[str, list[int]] = {}  # per call site: the token prefix all its prompts shared so far
         self._prefix_states: dict[str, tuple[tuple[int, ...], KVState]] = {}
+
+    @property
+    def compile(self) -> bool:
+        return self.model in kv_state._COMPILED
+
+    @compile.setter
+    def compile(self, on: bool) -> None:
+        if on and not self.compile:
+            kv_state.compile_steps(self.model)
 
     def _bos_text(self) -> str:
         """The BOS token's text when the tokenizer puts one before every text it encodes (chat templates write their

@@ -200,3 +200,17 @@ def test_prefix_reuse_logits_within_rounding(smol):
     shared = w.prefill(state, enc, "logits", prefix_key="t")
     assert len(w._prefix_states["t"][0]) >= 16 and state.valid_tokens() == enc.lengths()
     assert (plain - shared).abs().max().item() < 1e-3 and plain.argmax(-1).tolist() == shared.argmax(-1).tolist()
+
+
+def test_compiled_one_token_steps_give_the_same_outputs(tiny_model_dir):
+    """--compile runs decoding and latent steps through torch.compile (for GPU nodes); same greedy outputs."""
+    from models import load_model
+
+    model, tok, dev = load_model(str(tiny_model_dir), device="cpu", dtype="float32")
+    w = ModelWrapper(model, tok, dev)
+    cfg = MethodConfig(answer_type="number", max_new_tokens=6, temperature=0.0, top_p=1.0, seed=0, latent_steps=3)
+    plain = get_method("latent_mas")(w, _items(), cfg)
+    w.compile = True
+    assert w.compile
+    compiled = get_method("latent_mas")(w, _items(), cfg)
+    assert [r["output"] for r in plain] == [r["output"] for r in compiled]
