@@ -4,7 +4,8 @@ A policy is a small dataclass whose `score` says how much each cached entry is w
 (L', B, H', T) with L' in {1, layers} and H' in {1, KV heads}; higher is kept. Everything else lives once in
 `Compressor`: the budget, the protected entries (the most recent ones, optionally every latent step), the
 selection scope (shared / per layer / per KV head), and the gather with its position handling (kv_state.select).
-Adding a policy = one class here, one line in `POLICIES`, one line in registry.POLICIES; the test matrix picks it up.
+Adding a policy = one class here + one row in registry.POLICIES (its name, this class, what it keeps, the
+--kv_query values it reads, what it needs); the CLI, the README table and every test matrix read that list.
 """
 from __future__ import annotations
 
@@ -16,9 +17,11 @@ import torch.nn.functional as F
 
 import architecture
 from kv_state import LATENT, KVState, extend, rollback, select
+from registry import POLICIES, QUERIES
 
 SCOPES = ("shared", "layer", "head")
-QUERIES = ("embed-mean", "attention")
+__all__ = ["POLICIES", "QUERIES", "SCOPES", "CompressionError", "Compressor", "HandOff", "compressor_from_args",
+           "make_policy"]
 
 
 class CompressionError(Exception):
@@ -190,15 +193,12 @@ class Random:
         return s.to(h.state.mask.device)[None, :, None, :]
 
 
-POLICIES = {
-    "knn-top": lambda query: Knn("top", query),
-    "knn-bottom": lambda query: Knn("bottom", query),
-    "snapkv": lambda query: SnapKV(),
-    "streaming": lambda query: Streaming(),
-    "knorm": lambda query: Knorm(),
-    "keydiff": lambda query: KeyDiff(),
-    "random": lambda query: Random(),
-}
+def make_policy(name: str, query: str = "embed-mean"):
+    """The policy object of a registry.POLICIES row: its class here, its fixed arguments, and the query if it reads
+    one (a policy that takes none ignores --kv_query; the CLI refuses the pair)."""
+    spec = POLICIES[name]
+    kwargs = dict(spec.args, **({"query": query} if spec.queries else {}))
+    return globals()[spec.cls](**kwargs)
 
 
 # --- the shared mechanism ------------------------------------------------------------------------------------------
@@ -219,7 +219,12 @@ class Compressor:
             raise CompressionError(f"unknown policy {self.policy_name!r}; choose from {', '.join(POLICIES)}")
         if not 0 < self.keep <= 1:
             raise CompressionError(f"keep ratio {self.keep} is outside (0, 1]")
-        self.policy = POLICIES[self.policy_name](self.query)
+        self.policy = make_policy(self.policy_name, self.query)
+
+    @property
+    def needs(self) -> tuple[str, ...]:
+        """What scoring needs from the model (keys of registry.NEEDS), e.g. "attention" (a scoring pass)."""
+        return POLICIES[self.policy_name].requirements(self.query)
 
     def settings(self) -> dict:
         return {k: v for k, v in asdict(self).items() if k != "policy"}

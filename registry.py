@@ -85,22 +85,73 @@ METHODS: dict[str, MethodSpec] = {
     ]
 }
 
-# KV-cache compression policies (classes in compression.py; a test keeps the two lists equal).
-POLICIES: dict[str, str] = {
-    "knn-top": "the seed's kNN filter: keep the entries whose keys are most similar to the next agent's query",
-    "knn-bottom": "the seed's kNN filter, keeping the least similar entries",
-    "snapkv": "SnapKV: attention of the next prompt's last tokens (observation window), max-pooled, per KV head",
-    "streaming": "StreamingLLM: attention sinks (first 4 entries) plus the most recent entries",
-    "knorm": "keep keys with a low L2 norm",
-    "keydiff": "KeyDiff: keep keys far from their head's mean key",
-    "random": "a uniformly random subset (the seed's knn random strategy)",
+# --- KV-cache compression policies -------------------------------------------------------------------------------
+# The one list of policies: the CLI's --kv_policy choices, the README table, compression.make_policy and every test
+# matrix read it. Adding a policy = one small class in compression.py (its `score`) + one row here. This module
+# imports nothing heavy, so the CLI checks flags before torch loads.
+
+QUERIES: dict[str, str] = {  # --kv_query: what a policy that takes a query compares the cache with
+    "embed-mean": "mean input embedding of the next prompt (the seed's query)",
+    "attention": "the attention the next prompt's real queries pay to each entry",
 }
+DEFAULT_QUERY = "embed-mean"
+NEEDS: dict[str, str] = {  # what a policy may need beyond the cache itself (keys, validity, positions, kinds)
+    "attention": "the next prompt's attention to the cache: a scoring pass through the model, rolled back",
+}
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    name: str  # the --kv_policy value
+    cls: str  # the class in compression.py that scores the entries
+    description: str  # what it keeps (the README table)
+    args: tuple[tuple[str, object], ...] = ()  # fixed constructor arguments of cls
+    queries: tuple[str, ...] = ()  # the --kv_query values it reads (passed as query=); empty: it takes no query
+    needs: tuple[str, ...] = ()  # keys of NEEDS it always needs
+
+    def requirements(self, query: str = DEFAULT_QUERY) -> tuple[str, ...]:
+        """What scoring needs (keys of NEEDS) with this query: the "attention" query adds "attention"."""
+        by_query = ("attention",) if query == "attention" and query in self.queries else ()
+        return tuple(dict.fromkeys(self.needs + by_query))
+
+
+POLICIES: dict[str, PolicySpec] = {
+    p.name: p
+    for p in [
+        PolicySpec("knn-top", "Knn", "the seed's kNN filter: keep the entries whose keys are most similar to the next "
+                   "agent's query", args=(("strategy", "top"),), queries=tuple(QUERIES)),
+        PolicySpec("knn-bottom", "Knn", "the seed's kNN filter, keeping the least similar entries",
+                   args=(("strategy", "bottom"),), queries=tuple(QUERIES)),
+        PolicySpec("snapkv", "SnapKV", "SnapKV: attention of the next prompt's last tokens (observation window), "
+                   "max-pooled, per KV head", needs=("attention",)),
+        PolicySpec("streaming", "Streaming", "StreamingLLM: attention sinks (first 4 entries) plus the most recent "
+                   "entries"),
+        PolicySpec("knorm", "Knorm", "keep keys with a low L2 norm"),
+        PolicySpec("keydiff", "KeyDiff", "KeyDiff: keep keys far from their head's mean key"),
+        PolicySpec("random", "Random", "a uniformly random subset (the seed's knn random strategy)"),
+    ]
+}
+
+
+def policy_variants() -> list[tuple[str, str]]:
+    """(policy, query) for every policy and every --kv_query it reads (the default query for one that takes none):
+    what a test matrix or a benchmark runs to cover each way of scoring."""
+    return [(name, query) for name, p in POLICIES.items() for query in p.queries or (DEFAULT_QUERY,)]
+
+
+def query_problem(policy: str, query: str) -> str | None:
+    """Why --kv_query cannot go with --kv_policy (one line for the CLI), or None. Only the default query goes with a
+    policy that takes none (or with no policy)."""
+    if query == DEFAULT_QUERY or (policy in POLICIES and query in POLICIES[policy].queries):
+        return None
+    takers = [name for name, p in POLICIES.items() if query in p.queries]
+    return f"--kv_query {query} applies to --kv_policy {' / '.join(takers)}"
 
 
 def policies_markdown() -> str:
     """The README's policy table (a test checks the README holds exactly this)."""
     rows = ["| `--kv_policy` | what it keeps |", "|---|---|"]
-    rows += [f"| `{name}` | {text} |" for name, text in POLICIES.items()]
+    rows += [f"| `{p.name}` | {p.description} |" for p in POLICIES.values()]
     return "\n".join(rows)
 
 

@@ -12,7 +12,7 @@ import registry
 import run
 from compression import Compressor
 from data import Item
-from kv_state import LATENT, KVState, extend
+from kv_state import LATENT, POSITION_MODES, KVState, extend
 from methods import MethodConfig, get_method
 from models import ModelWrapper
 from tests.conftest import ROOT
@@ -43,9 +43,32 @@ def _gens(n):
     return [torch.Generator().manual_seed(i) for i in range(n)]
 
 
-def test_registry_and_compression_list_the_same_policies():
-    assert set(registry.POLICIES) == set(compression.POLICIES)
+def test_one_registry_row_per_policy_class():
+    """registry.POLICIES is the one list: each row names a scoring class here, known queries and needs; each class
+    here with a `score` is some row's; the CLI offers exactly these names; the README holds the generated table."""
+    import dataclasses
+    import inspect
+
+    classes = {name for name, obj in vars(compression).items()
+               if inspect.isclass(obj) and obj.__module__ == "compression" and hasattr(obj, "score")}
+    assert {p.cls for p in registry.POLICIES.values()} == classes
+    for name, p in registry.POLICIES.items():
+        assert p.name == name and dataclasses.is_dataclass(getattr(compression, p.cls))
+        assert set(p.queries) <= set(registry.QUERIES) and set(p.needs) <= set(registry.NEEDS)
+        for query in p.queries or (registry.DEFAULT_QUERY,):
+            comp = Compressor(name, query=query)
+            assert set(comp.needs) <= set(registry.NEEDS) and registry.query_problem(name, query) is None
+    assert compression.POLICIES is registry.POLICIES
+    parser_policies = next(a for a in run.build_parser()._actions if a.dest == "kv_policy").choices
+    assert list(parser_policies) == ["none", *registry.POLICIES]
     assert registry.policies_markdown() in (ROOT / "README.md").read_text()
+
+
+def test_needs_follow_the_query():
+    assert Compressor("snapkv").needs == ("attention",)
+    assert Compressor("knn-top", query="attention").needs == ("attention",) and Compressor("knn-top").needs == ()
+    assert registry.query_problem("knorm", "attention") == "--kv_query attention applies to --kv_policy " + " / ".join(
+        n for n, p in registry.POLICIES.items() if "attention" in p.queries)
 
 
 @pytest.mark.parametrize("policy", POLICY_NAMES)
@@ -156,13 +179,33 @@ def _strip(records):
                  agents=[{k: v for k, v in a.items() if k not in drop} for a in r["agents"]]) for r in records]
 
 
-@pytest.mark.parametrize("policy, scope, positions", [
-    ("knn-bottom", "shared", "original"), ("knn-top", "head", "rerotate"), ("snapkv", "head", "original"),
-    ("random", "shared", "shift"), ("keydiff", "layer", "original"), ("streaming", "shared", "original"),
-])
-def test_batched_equals_unbatched_with_compression(tiny, policy, scope, positions):
-    w = _wrapper(tiny)
-    comp = Compressor(policy, keep=0.6, scope=scope, positions=positions, min_keep=2)
+def _matrix():
+    """Every registered policy with every query it reads, cycling through the scopes and the position modes."""
+    return [(name, query, compression.SCOPES[i % 3], POSITION_MODES[i % 3])
+            for i, (name, query) in enumerate(registry.policy_variants())]
+
+
+@pytest.fixture(scope="module")
+def tiny_varied_keys(tiny):
+    """The tiny Qwen3 with k_norm weights drawn around 1: its keys are RMS-normalised with weight 1 and RoPE keeps
+    norms, so every key has the same L2 norm and knorm would score nothing but rounding (a tie broken one way
+    batched and another alone says nothing about batching)."""
+    import copy
+
+    model, tok, dev = tiny
+    model = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if name.endswith("k_norm"):
+                module.weight.copy_(1 + 0.5 * torch.randn(module.weight.shape, generator=g))
+    return model, tok, dev
+
+
+@pytest.mark.parametrize("policy, query, scope, positions", _matrix())
+def test_batched_equals_unbatched_with_compression(tiny_varied_keys, policy, query, scope, positions):
+    w = _wrapper(tiny_varied_keys)
+    comp = Compressor(policy, keep=0.6, scope=scope, positions=positions, min_keep=2, query=query)
     cfg = MethodConfig(answer_type="number", max_new_tokens=8, temperature=0.0, top_p=1.0, seed=0, latent_steps=3,
                        compressor=comp)
     items = [Item(i, q, "1", {}) for i, q in enumerate(QUESTIONS)]

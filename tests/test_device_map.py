@@ -9,9 +9,10 @@ import json
 import pytest
 import torch
 
-from compression import Compressor
+import registry
+from compression import SCOPES, Compressor
 from data import Item
-from kv_state import KVState, extend, rollback, select
+from kv_state import POSITION_MODES, KVState, extend, rollback, select
 from methods import MethodConfig, get_method
 from models import ModelWrapper, load_model
 from tests.two_devices import SECOND, TwoDevices, split_device_map
@@ -42,29 +43,31 @@ def _strip(records):
                          for a in r["agents"]]) for r in records]
 
 
-CASES = {
-    "baseline": ("baseline", None),
-    "text_mas": ("text_mas", None),
-    "latent": ("latent_mas", None),
-    "knn-embed-shared": ("latent_mas", dict(policy_name="knn-top")),
-    "knn-embed-layer": ("latent_mas", dict(policy_name="knn-bottom", scope="layer")),
-    "knn-attention-head": ("latent_mas", dict(policy_name="knn-top", query="attention", scope="head")),
-    "snapkv-head": ("latent_mas", dict(policy_name="snapkv", scope="head")),
-    "keydiff-rerotate": ("latent_mas", dict(policy_name="keydiff", scope="layer", positions="rerotate")),
-    "knorm-shift": ("latent_mas", dict(policy_name="knorm", positions="shift")),
-    "streaming": ("latent_mas", dict(policy_name="streaming", protect="latents")),
-    "random-fidelity": ("latent_mas", dict(policy_name="random")),
-}
+def _cases() -> dict:
+    """The three methods, then every registered policy with every query it reads, cycling through the scopes,
+    position modes and protections; the last one also measures fidelity."""
+    cases = {m: (m if m != "latent" else "latent_mas", None, False) for m in ("baseline", "text_mas", "latent")}
+    variants = registry.policy_variants()
+    for i, (name, query) in enumerate(variants):
+        comp = dict(policy_name=name, query=query, scope=SCOPES[i % 3], positions=POSITION_MODES[i % 3],
+                    protect=("none", "latents")[i % 2])
+        fidelity = i == len(variants) - 1
+        key = "-".join([name, query, comp["scope"], comp["positions"], comp["protect"]] + ["fidelity"] * fidelity)
+        cases[key] = ("latent_mas", comp, fidelity)
+    return cases
+
+
+CASES = _cases()
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_split_model_gives_single_device_records(case, tiny, tiny_model_dir):
-    method, comp = CASES[case]
+    method, comp, fidelity = CASES[case]
 
     def cfg():
         return MethodConfig(answer_type="number", max_new_tokens=4, temperature=0.0, top_p=1.0, seed=0,
                             latent_steps=2, compressor=Compressor(**comp, keep=0.6, min_keep=2) if comp else None,
-                            fidelity=case.endswith("fidelity"))
+                            fidelity=fidelity)
 
     with torch.inference_mode():
         one = get_method(method)(ModelWrapper(tiny[0], tiny[1], tiny[2], realign=True), _items(), cfg())
