@@ -9,6 +9,10 @@ expanded to them. Written to --out (default reports/<timestamp>): report.md, rep
                        ratio), the uncompressed runs as reference
   time_tokens.png      time per item and generated tokens per item, per run, coloured by method
   fidelity.png         agreement and KL of the compressed judger vs keep ratio (runs made with --fidelity)
+  paired.png           each run's paired accuracy difference to its reference run, with its bootstrap interval
+Runs of one setting that differ only in seed are summarised together (mean, sd, min-max, t-interval over seeds), and
+each run is compared with a reference run over the same items (paired bootstrap interval, exact McNemar test; see
+stats.py and `pair_rows`).
 Runs are grouped by model, task and data source. Accuracies of different groups are never drawn on one axis: every
 plot has one panel per group, and the report names the groups and says that they are not comparable.
 """
@@ -23,6 +27,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+import stats
 from parallel import collect
 from utils import RunDirError
 
@@ -140,24 +145,30 @@ def _compression_text(c: dict | None) -> str:
     return f"{c['kv_policy']} k{c['kv_keep']:g}" + (f" ({', '.join(map(str, extra))})" if extra else "")
 
 
+def base_label(r: Run) -> str:
+    parts = [r.method]
+    if r.get("prompt") not in (None, "sequential"):
+        parts.append(str(r.get("prompt")))
+    if r.method == "latent_mas":
+        parts.append(f"m{r.get('latent_steps')}")
+        if r.compression:
+            parts.append(_compression_text(r.compression))
+    return " ".join(parts)
+
+
 def label_runs(runs: list[Run]) -> None:
     """Short labels: method, topology if not sequential, latent steps, compression; made unique within a list."""
     for r in runs:
-        parts = [r.method]
-        if r.get("prompt") not in (None, "sequential"):
-            parts.append(str(r.get("prompt")))
-        if r.method == "latent_mas":
-            parts.append(f"m{r.get('latent_steps')}")
-            if r.compression:
-                parts.append(_compression_text(r.compression))
-        r.label = " ".join(parts)
+        r.label = base_label(r)
     seen = defaultdict(list)
     for r in runs:
         seen[r.label].append(r)
     for same in seen.values():
         if len(same) > 1:
+            seeds = [r.get("seed") for r in same]
+            by_seed = None not in seeds and len(set(seeds)) == len(seeds)  # runs of one setting, one per seed
             for r in same:
-                r.label += f" [{r.path.name[-15:]}]"
+                r.label += f" s{r.get('seed')}" if by_seed else f" [{r.path.name[-15:]}]"
 
 
 def series_key(r: Run) -> tuple:
@@ -230,6 +241,109 @@ def method_rows(group: str, runs: list[Run]) -> list[dict]:
     return out
 
 
+# --- seeds: runs of one setting that differ only in seed ---------------------------------------------------------
+
+def cell_key(r: Run) -> tuple:
+    """Everything that defines a setting except the seed: runs with equal keys are one cell of several seeds."""
+    rest = (json.dumps(r.setting(k), sort_keys=True) for k in WITHIN_GROUP if k != "seed")
+    return (r.group_key, r.method, r.get("prompt"), r.get("latent_steps"), json.dumps(r.compression, sort_keys=True),
+            r.args.get("top_p"), *rest)
+
+
+def seed_cells(runs: list[Run]) -> list[list[Run]]:
+    """The cells of a group, in the group's order; a cell holds every run of its setting (one or more seeds)."""
+    cells: dict[tuple, list[Run]] = {}
+    for r in runs:
+        cells.setdefault(cell_key(r), []).append(r)
+    return list(cells.values())
+
+
+def seed_rows(group: str, runs: list[Run]) -> list[dict]:
+    """One row per setting that ran with two or more runs: the spread of their accuracies across seeds."""
+    out = []
+    for cell in seed_cells(runs):
+        if len(cell) < 2:
+            continue
+        spread = stats.t_interval([r.get("accuracy") or 0.0 for r in cell])
+        out.append({"group": group, "setting": base_label(cell[0]), "runs": [r.path.name for r in cell],
+                    "seeds": [r.get("seed") for r in cell], "n": [r.get("n") for r in cell],
+                    "accuracy_mean": spread.mean, "accuracy_sd": spread.sd, "accuracy_min": spread.min,
+                    "accuracy_max": spread.max, "accuracy_t_ci95": list(spread.ci),
+                    "kv_bytes_judger_mean": _mean_of(cell, "kv_bytes_judger_mean")})
+    return out
+
+
+def _mean_of(runs: list[Run], key: str):
+    xs = [r.get(key) for r in runs if r.get(key) is not None]
+    return sum(xs) / len(xs) if xs else None
+
+
+# --- paired comparisons: each run against a reference over the same items -------------------------------------------
+
+def _same_setting_but_compression(a: Run, b: Run) -> bool:
+    return all(a.get(k) == b.get(k) for k in ("prompt", "latent_steps")) and a.setting("agents") == b.setting("agents")
+
+
+def reference_for(r: Run, runs: list[Run]) -> Run | None:
+    """A compressed run's reference is the uncompressed run of its method and seed (the one with the same topology
+    and latent steps if there is one); every other run's is the group's first run (baseline first). None: r is it."""
+    if r.compression:
+        plain = [u for u in runs if u is not r and u.method == r.method and not u.compression
+                 and u.get("seed") == r.get("seed")]
+        exact = [u for u in plain if _same_setting_but_compression(u, r)]
+        if exact or plain:
+            return (exact or plain)[0]
+    return runs[0] if runs[0] is not r else None
+
+
+def _outcomes(r: Run) -> dict[int, bool]:
+    return {int(x["index"]): bool(x.get("correct")) for x in r.records if "index" in x}
+
+
+def why_not_paired(a: Run, b: Run) -> str | None:
+    """One line saying why two runs cannot be paired item by item, or None if they cover the same items."""
+    if a.group_key != b.group_key:
+        return "different model, task or data source"
+    if a.setting("split") != b.setting("split"):
+        return f"different splits ({a.setting('split')} vs {b.setting('split')})"
+    ia, ib = set(_outcomes(a)), set(_outcomes(b))
+    if not ia or not ib:
+        return f"no per-item results in `{(a if not ia else b).path.name}`"
+    if ia != ib:
+        return f"different items ({len(ia)} vs {len(ib)} items, {len(ia & ib)} in common)"
+    return None
+
+
+def pair_row(group: str, r: Run, ref: Run) -> dict:
+    a, b = _outcomes(r), _outcomes(ref)
+    order = sorted(a)
+    p = stats.paired_compare([a[i] for i in order], [b[i] for i in order])
+    return {"group": group, "run": r.path.name, "label": r.label, "reference": ref.path.name,
+            "reference_label": ref.label, "n": p.n, "accuracy": p.acc_a, "accuracy_reference": p.acc_b,
+            "diff": p.diff, "diff_ci95_bootstrap": list(p.ci), "wins": p.wins, "losses": p.losses, "ties": p.ties,
+            "p_mcnemar_exact": p.p_mcnemar, "compression": r.compression,
+            "fidelity_agreement_mean": r.get("fidelity_agreement_mean"), "fidelity_kl_mean": r.get("fidelity_kl_mean"),
+            "kv_bytes_judger_mean": r.get("kv_bytes_judger_mean"),
+            "kv_bytes_judger_mean_reference": ref.get("kv_bytes_judger_mean")}
+
+
+def pair_rows(groups: list[tuple[str, list[Run]]], baseline: Run | None = None) -> tuple[list[dict], list[str]]:
+    """Every run against its reference (`baseline` for all, if given): the rows, and one line per refused pair."""
+    rows, refused = [], []
+    for name, runs in groups:
+        for r in runs:
+            ref = (baseline if baseline is not r else None) if baseline else reference_for(r, runs)
+            if ref is None:
+                continue
+            reason = why_not_paired(r, ref)
+            if reason:
+                refused.append(f"`{r.label}` ({r.path.name}) is not paired with `{ref.label}` ({ref.path.name}): "
+                               f"{reason}.")
+            else:
+                rows.append(pair_row(name, r, ref))
+    return rows, refused
+
+
 # --- plots ---------------------------------------------------------------------------------------------------------
 
 def _figure(rows: int, cols: int, width: float, height: float, ratios: list[float] | None = None):
@@ -267,6 +381,16 @@ def plot_accuracy(groups: list[tuple[str, list[Run]]], out: Path) -> Path:
     return _save(fig, out / "accuracy.png")
 
 
+def _cell_point(cell: list[Run]) -> tuple[float, float, tuple[float, float]]:
+    """(KV MiB, accuracy, (err down, err up)) of a cell: one run with its Wilson interval, several seeds as their mean
+    with the t-interval over seeds."""
+    kv = _mean_of(cell, "kv_bytes_judger_mean") / 2 ** 20
+    if len(cell) == 1:
+        return kv, cell[0].get("accuracy") or 0.0, _err(cell[0])
+    spread = stats.t_interval([r.get("accuracy") or 0.0 for r in cell])
+    return kv, spread.mean, (spread.mean - spread.ci[0], spread.ci[1] - spread.mean)
+
+
 def plot_accuracy_vs_kv(groups: list[tuple[str, list[Run]]], out: Path) -> Path | None:
     groups = [(name, [r for r in rs if r.method == "latent_mas" and r.get("kv_bytes_judger_mean") is not None])
               for name, rs in groups]
@@ -274,25 +398,24 @@ def plot_accuracy_vs_kv(groups: list[tuple[str, list[Run]]], out: Path) -> Path 
     if not groups:
         return None
     fig, axes = _figure(len(groups), 1, 8, 4.2)
-    mib = 2 ** 20
     for ax, (name, runs) in zip(axes[:, 0], groups):
-        compressed = [r for r in runs if r.compression]
-        keys = sorted({series_key(r) for r in compressed}, key=str)
+        cells = seed_cells(runs)  # a point per setting: the seeds of one setting are one point
+        compressed = [c for c in cells if c[0].compression]
+        keys = sorted({series_key(c[0]) for c in compressed}, key=str)
         for key in keys:
-            pts = sorted((r for r in compressed if series_key(r) == key), key=lambda r: r.compression["kv_keep"])
-            xs = [r.get("kv_bytes_judger_mean") / mib for r in pts]
-            ys = [r.get("accuracy") or 0.0 for r in pts]
-            errs = list(zip(*[_err(r) for r in pts]))
-            line = ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label=series_label(key, keys))
-            for x, y, r in zip(xs, ys, pts):
-                ax.annotate(f"k{r.compression['kv_keep']:g}", (x, y), textcoords="offset points", xytext=(4, 4),
-                            fontsize=7, color=line[0].get_color())
-        for r in (r for r in runs if not r.compression):
-            acc = r.get("accuracy") or 0.0
-            lo, hi = _err(r)
+            pts = sorted((c for c in compressed if series_key(c[0]) == key), key=lambda c: c[0].compression["kv_keep"])
+            xs, ys, errs = zip(*[_cell_point(c) for c in pts])
+            line = ax.errorbar(xs, ys, yerr=list(zip(*errs)), marker="o", capsize=3, label=series_label(key, keys))
+            for x, y, c in zip(xs, ys, pts):
+                seeds = f" x{len(c)}" if len(c) > 1 else ""
+                ax.annotate(f"k{c[0].compression['kv_keep']:g}{seeds}", (x, y), textcoords="offset points",
+                            xytext=(4, 4), fontsize=7, color=line[0].get_color())
+        for c in (c for c in cells if not c[0].compression):
+            x, acc, (lo, hi) = _cell_point(c)
             ax.axhline(acc, color="black", linestyle="--", linewidth=1)
-            ax.errorbar([r.get("kv_bytes_judger_mean") / mib], [acc], yerr=[[lo], [hi]], fmt="*", markersize=11,
-                        color="black", capsize=3, label=f"uncompressed m{r.get('latent_steps')} (reference)")
+            seeds = f", {len(c)} seeds" if len(c) > 1 else ""
+            ax.errorbar([x], [acc], yerr=[[lo], [hi]], fmt="*", markersize=11, color="black", capsize=3,
+                        label=f"uncompressed m{c[0].get('latent_steps')}{seeds} (reference)")
         ax.set_xlabel("judger KV cache, MiB (mean over items)")
         ax.set_ylabel("accuracy (95% CI)")
         ax.set_ylim(-0.02, 1.02)
@@ -302,6 +425,34 @@ def plot_accuracy_vs_kv(groups: list[tuple[str, list[Run]]], out: Path) -> Path 
     if len(groups) > 1:
         fig.suptitle("different model / task / data source per panel: not comparable across panels", fontsize=9)
     return _save(fig, out / "accuracy_vs_kv.png")
+
+
+def plot_paired(groups: list[tuple[str, list[Run]]], pairs: list[dict], out: Path) -> Path | None:
+    """Per group, each paired run's accuracy difference to its reference with the paired bootstrap interval."""
+    groups = [(name, [p for p in pairs if p["group"] == name]) for name, _ in groups]
+    groups = [(name, ps) for name, ps in groups if ps]
+    if not groups:
+        return None
+    heights = [max(1.6, 0.35 * len(ps) + 1.0) for _, ps in groups]
+    fig, axes = _figure(len(groups), 1, 9, sum(heights) / len(groups), heights)
+    for ax, (name, ps) in zip(axes[:, 0], groups):
+        ys = list(range(len(ps)))[::-1]
+        for y, p in zip(ys, ps):
+            lo, hi = p["diff_ci95_bootstrap"]
+            ax.errorbar([p["diff"]], [y], xerr=[[p["diff"] - lo], [hi - p["diff"]]], fmt="o", capsize=4,
+                        color="tab:red" if p["p_mcnemar_exact"] < 0.05 else "tab:grey")
+            ax.annotate(f"p={p['p_mcnemar_exact']:.2g}", (hi, y), textcoords="offset points", xytext=(5, -3),
+                        fontsize=7)
+        ax.axvline(0, color="black", linewidth=1)
+        ax.set_yticks(ys)
+        ax.set_yticklabels([f"{p['label']} vs {p['reference_label']} (n={p['n']})" for p in ps], fontsize=8)
+        ax.set_ylim(-0.6, len(ps) - 0.4)
+        ax.set_xlim(-1.05, 1.05)
+        ax.set_xlabel("accuracy, run - reference, paired over items (95% bootstrap interval)\n"
+                      "red: exact McNemar p < 0.05", fontsize=9)
+        ax.set_title(name, fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+    return _save(fig, out / "paired.png")
 
 
 def plot_time_tokens(groups: list[tuple[str, list[Run]]], out: Path) -> Path:
@@ -361,17 +512,88 @@ def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
         ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in rows]
 
 
-def build_report(paths: list[str], out: Path, command: str | None = None) -> dict:
-    """Read the runs, write report.md, report.json and the plots to `out`; return what was written."""
+def _pct(x) -> str:
+    return "" if x is None else f"{x:.3f}"
+
+
+def _mib(x) -> str:
+    return _fmt(x, 2, 2 ** 20)
+
+
+def seeds_markdown(seeds: list[dict]) -> list[str]:
+    if not seeds:
+        return []
+    md = ["", "## Seeds (runs of one setting that differ only in seed)", "",
+          "Mean of the runs' accuracies; sd: their sample standard deviation; CI: the 95% Student-t interval over the "
+          "seeds, mean +- t(0.975, k-1) sd / sqrt(k) for k runs. It measures seed-to-seed variation only (runs whose "
+          "seeds agree, as greedy decoding does, give sd 0); item-level uncertainty is each run's Wilson interval.", ""]
+    return md + _md_table(
+        ["group", "setting", "seeds", "items/run", "mean accuracy", "sd", "min-max", "95% t-interval over seeds"],
+        [[c["group"].split(":")[0], c["setting"], ", ".join(map(str, c["seeds"])),
+          ", ".join(sorted({str(n) for n in c["n"]})), _pct(c["accuracy_mean"]), _pct(c["accuracy_sd"]),
+          f"{_pct(c['accuracy_min'])}-{_pct(c['accuracy_max'])}",
+          f"[{_pct(c['accuracy_t_ci95'][0])}, {_pct(c['accuracy_t_ci95'][1])}]"] for c in seeds])
+
+
+def paired_markdown(pairs: list[dict], not_paired: list[str], baseline: Run | None) -> list[str]:
+    md = ["", "## Paired comparisons (same items)", ""]
+    rule = (f"Every run is paired with the baseline `{baseline.label}` ({baseline.path.name})." if baseline else
+            "Each compressed run is paired with the uncompressed run of its method and seed (same topology and latent "
+            "steps where there is one); every other run with its group's first run (`--baseline RUN_DIR` picks one "
+            "reference for all).")
+    md += [rule + " Only runs over the same items (task, data source, split and item indices) are paired. Δ: "
+           "run accuracy minus reference accuracy over those items, with a 95% paired bootstrap interval "
+           f"(percentile, {stats.BOOTSTRAP_RESAMPLES} resamples of the items, seed {stats.BOOTSTRAP_SEED}); "
+           "wins / losses / ties: items only the run got right / only the reference got right / both alike; p: exact "
+           "McNemar test (two-sided binomial test, p = 1/2, on the wins and losses). Agreement, KL and KV are the "
+           "run's fidelity to the uncompressed judger and its judger cache against the reference's.", ""]
+    if pairs:
+        md += _md_table(
+            ["group", "run", "reference", "items", "accuracy run / ref", "Δ accuracy [95% paired bootstrap CI]",
+             "wins / losses / ties", "McNemar exact p", "agreement", "KL", "judger KV MiB run / ref"],
+            [[p["group"].split(":")[0], p["label"], p["reference_label"], str(p["n"]),
+              f"{p['accuracy']:.3f} / {p['accuracy_reference']:.3f}",
+              f"{p['diff']:+.3f} [{p['diff_ci95_bootstrap'][0]:+.3f}, {p['diff_ci95_bootstrap'][1]:+.3f}]",
+              f"{p['wins']} / {p['losses']} / {p['ties']}", f"{p['p_mcnemar_exact']:.3g}",
+              _fmt(p["fidelity_agreement_mean"], 3), _fmt(p["fidelity_kl_mean"], 4),
+              f"{_mib(p['kv_bytes_judger_mean'])} / {_mib(p['kv_bytes_judger_mean_reference'])}"] for p in pairs])
+    elif not not_paired:
+        md += ["- nothing to pair: one run per group"]
+    if not_paired:
+        md += [""] + [f"- Not paired: {line}" for line in not_paired]
+    return md
+
+
+def _find_baseline(runs: list[Run], path: str | None) -> Run | None:
+    """The --baseline run: one of the runs given, else read and added to them."""
+    if path is None:
+        return None
+    p = Path(path)
+    if not p.is_dir() or not _is_run(p):
+        raise ReportError(f"--baseline {p}: not a run directory (summary.json, results.jsonl)")
+    for r in runs:
+        if r.path.resolve() == p.resolve():
+            return r
+    runs.append(load_run(p))
+    return runs[-1]
+
+
+def build_report(paths: list[str], out: Path, command: str | None = None, baseline: str | None = None) -> dict:
+    """Read the runs, write report.md, report.json and the plots to `out`; return what was written. `baseline`: a run
+    directory every run is paired with (default: each run's reference, see `reference_for`)."""
     runs = find_runs(paths)
+    base = _find_baseline(runs, baseline)
     out.mkdir(parents=True, exist_ok=True)
     grouped = group_runs(runs)
     groups = []
     for i, (key, rs) in enumerate(grouped.items()):
         label_runs(rs)
         groups.append((_group_name(i, key), sorted(rs, key=_method_order)))
+    pairs, not_paired = pair_rows(groups, base)
+    seeds = [row for name, rs in groups for row in seed_rows(name, rs)]
     plots = {"accuracy": plot_accuracy(groups, out), "accuracy_vs_kv": plot_accuracy_vs_kv(groups, out),
-             "time_tokens": plot_time_tokens(groups, out), "fidelity": plot_fidelity(groups, out)}
+             "time_tokens": plot_time_tokens(groups, out), "fidelity": plot_fidelity(groups, out),
+             "paired": plot_paired(groups, pairs, out)}
     rows = [run_row(name, r) for name, rs in groups for r in rs]
     per_method = [m for name, rs in groups for m in method_rows(name, rs)]
     notes = []
@@ -409,6 +631,8 @@ def build_report(paths: list[str], out: Path, command: str | None = None) -> dic
         _fmt(row["generated_tokens_mean"], 1), _fmt(row["compress_time_mean_s"], 4),
         _fmt(row["fidelity_agreement_mean"], 3), _fmt(row["fidelity_kl_mean"], 4)] for row in rows])
     md += ["", "Run directories: " + ", ".join(f"`{row['label']}` = `{row['path']}`" for row in rows)]
+    md += seeds_markdown(seeds)
+    md += paired_markdown(pairs, not_paired, base)
     md += ["", "## Per method", ""]
     md += _md_table(["group", "method", "runs", "items", "time/item s", "generated tokens/item"],
                     [[m["group"].split(":")[0], m["method"], str(m["runs"]), str(m["items"]),
@@ -416,14 +640,20 @@ def build_report(paths: list[str], out: Path, command: str | None = None) -> dic
     md += ["", "## Plots", ""]
     captions = {"accuracy": "Accuracy with 95% Wilson interval per run",
                 "accuracy_vs_kv": "latent_mas: accuracy vs judger KV cache size (one line per policy, points per keep "
-                                  "ratio; the dashed line and star: the uncompressed run)",
+                                  "ratio, the seeds of one setting averaged with their t-interval; the dashed line "
+                                 "and star: the uncompressed run)",
                 "time_tokens": "Time per item and generated tokens per item",
-                "fidelity": "Fidelity of the compressed judger vs keep ratio"}
+                "fidelity": "Fidelity of the compressed judger vs keep ratio",
+                "paired": "Paired accuracy difference of each run to its reference, 95% paired bootstrap interval"}
     for name, path in plots.items():
         md += [f"![{captions[name]}]({path.name})", ""] if path else [f"- {captions[name]}: no runs for this plot", ""]
     (out / "report.md").write_text("\n".join(md) + "\n")
     result = {"groups": [{"name": name, "runs": [r.path.name for r in rs]} for name, rs in groups], "notes": notes,
-              "runs": rows, "per_method": per_method, "plots": {k: v.name if v else None for k, v in plots.items()}}
+              "runs": rows, "per_method": per_method, "seeds": seeds, "paired": pairs, "not_paired": not_paired,
+              "paired_method": {"difference_ci": f"paired bootstrap percentile interval, {stats.BOOTSTRAP_RESAMPLES} "
+                                                 f"item resamples, seed {stats.BOOTSTRAP_SEED}",
+                                "test": "exact McNemar (two-sided binomial on the discordant items)"},
+              "plots": {k: v.name if v else None for k, v in plots.items()}}
     (out / "report.json").write_text(json.dumps(result, indent=2))
     return result
 
@@ -432,10 +662,14 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="run.py report", description="Markdown table and PNG plots from run directories.")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories, or folders holding them")
     p.add_argument("--out", default=None, help="output folder (default: reports/<timestamp>)")
+    p.add_argument("--baseline", default=None, metavar="RUN_DIR",
+                   help="pair every run with this run (default: a compressed run with the uncompressed run of its "
+                        "method and seed, any other run with its group's first run)")
     args = p.parse_args(argv)
     out = Path(args.out or Path("reports") / datetime.now().strftime("%Y%m%d-%H%M%S"))
     try:
-        result = build_report(args.runs, out, command="python run.py report " + " ".join(argv or sys.argv[1:]))
+        result = build_report(args.runs, out, command="python run.py report " + " ".join(argv or sys.argv[1:]),
+                              baseline=args.baseline)
     except ReportError as e:
         print(f"report: error: {e}", file=sys.stderr)
         return 2

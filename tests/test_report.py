@@ -140,6 +140,118 @@ def test_report_rebuilds_a_missing_summary_and_refuses_non_runs(tmp_path, capsys
     assert report.main([str(tmp_path / "nope")]) == 2
 
 
+def set_outcomes(d: Path, correct: list[bool], split: str | None = None) -> Path:
+    """Give a made-up run these per-item outcomes (items 0..n-1) and rewrite its summary as run.py would."""
+    config = json.loads((d / "config.json").read_text())
+    if split:
+        config["data"]["split"] = split
+        (d / "config.json").write_text(json.dumps(config))
+    records = [json.loads(line) for line in (d / "results.jsonl").read_text().splitlines()][:len(correct)]
+    for rec, ok in zip(records, correct):
+        rec["correct"], rec["prediction"] = ok, "1" if ok else "2"
+    (d / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    summary = summarize(records, Namespace(**config["args"]), config["data"], len(records))
+    (d / "summary.json").write_text(json.dumps(summary))
+    return d
+
+
+def test_seeds_of_one_setting_are_summarised_together(tmp_path):
+    runs = tmp_path / "runs"
+    for seed, correct in ((1, 5), (2, 6), (3, 7)):
+        make_run(runs, f"plain-s{seed}", correct=correct, seed=seed)
+    for seed, correct in ((1, 4), (2, 4)):
+        make_run(runs, f"knn-s{seed}", policy="knn-top", keep=0.5, correct=correct, seed=seed)
+    make_run(runs, "knn-k0.8", policy="knn-top", keep=0.8, correct=6, seed=1)  # another setting, one seed
+    make_run(runs, "plain-long", correct=6, seed=4, max_new_tokens=512)  # differs in more than the seed
+    res = report.build_report([str(runs)], tmp_path / "rep")
+    cells = {c["setting"]: c for c in res["seeds"]}
+    assert sorted(cells) == ["latent_mas m10", "latent_mas m10 knn-top k0.5"]
+    plain = cells["latent_mas m10"]
+    assert plain["seeds"] == [1, 2, 3] and plain["runs"] == ["plain-s1", "plain-s2", "plain-s3"]
+    assert plain["accuracy_mean"] == pytest.approx(0.6) and plain["accuracy_sd"] == pytest.approx(0.1)
+    assert (plain["accuracy_min"], plain["accuracy_max"]) == (0.5, 0.7)
+    half = 4.302653 * 0.1 / 3 ** 0.5  # t(0.975, 2) sd / sqrt(3)
+    assert plain["accuracy_t_ci95"] == [pytest.approx(0.6 - half, abs=1e-6), pytest.approx(0.6 + half, abs=1e-6)]
+    knn = cells["latent_mas m10 knn-top k0.5"]
+    assert knn["accuracy_sd"] == 0.0 and knn["accuracy_t_ci95"] == [pytest.approx(0.4), pytest.approx(0.4)]
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "## Seeds" in md and "t-interval" in md
+    assert "| G1 | latent_mas m10 | 1, 2, 3 | 10 | 0.600 | 0.100 | 0.500-0.700 | [0.352, 0.848] |" in md
+    assert "| G1 | latent_mas m10 knn-top k0.5 s2 | 10 | 0.400 [" in md  # runs of one setting are told apart by seed
+    assert (tmp_path / "rep" / "accuracy_vs_kv.png").read_bytes()[:8] == PNG  # seeds drawn as one point
+
+
+def test_paired_comparison_of_runs_over_the_same_items(tmp_path):
+    runs = tmp_path / "runs"
+    ref = [True] * 5 + [False] * 5
+    set_outcomes(make_run(runs, "plain"), ref)
+    set_outcomes(make_run(runs, "knn-0.5", policy="knn-top", keep=0.5, fidelity=True), [False] * 10)  # 5 losses
+    set_outcomes(make_run(runs, "knn-0.8", policy="knn-top", keep=0.8, fidelity=True),
+                 [True] * 4 + [False] + [True] * 2 + [False] * 3)  # 2 wins, 1 loss
+    set_outcomes(make_run(runs, "text", method="text_mas"), ref)
+    res = report.build_report([str(runs)], tmp_path / "rep")
+    pairs = {p["run"]: p for p in res["paired"]}
+    # compressed runs against the uncompressed one; that one against the group's first run (text_mas before latent)
+    assert {k: p["reference"] for k, p in pairs.items()} == {"knn-0.5": "plain", "knn-0.8": "plain", "plain": "text"}
+    lost = pairs["knn-0.5"]
+    assert (lost["n"], lost["wins"], lost["losses"], lost["ties"]) == (10, 0, 5, 5)
+    assert lost["p_mcnemar_exact"] == 0.0625 and lost["diff"] == pytest.approx(-0.5)
+    lo, hi = lost["diff_ci95_bootstrap"]
+    assert lo <= -0.5 <= hi <= 0 and lost["fidelity_agreement_mean"] == 0.5
+    assert lost["kv_bytes_judger_mean"] < lost["kv_bytes_judger_mean_reference"]
+    mixed = pairs["knn-0.8"]
+    assert (mixed["wins"], mixed["losses"], mixed["ties"], mixed["p_mcnemar_exact"]) == (2, 1, 7, 1.0)
+    assert pairs["plain"]["diff"] == 0 and pairs["plain"]["diff_ci95_bootstrap"] == [0.0, 0.0]
+    md = (tmp_path / "rep" / "report.md").read_text()
+    section = md[md.index("## Paired comparisons"):md.index("## Per method")]
+    assert "paired" in section and "McNemar" in section and "bootstrap" in section
+    assert "Δ accuracy [95% paired bootstrap CI] | wins / losses / ties | McNemar exact p" in section
+    assert (f"| G1 | latent_mas m10 knn-top k0.5 | latent_mas m10 | 10 | 0.000 / 0.500 | -0.500 [{lo:+.3f}, {hi:+.3f}] "
+            "| 0 / 5 / 5 | 0.0625 | 0.500 | 0.5000 | 2.20 / 8.79 |") in section
+    assert (tmp_path / "rep" / "paired.png").read_bytes()[:8] == PNG
+    again = report.build_report([str(runs)], tmp_path / "rep2")  # the bootstrap is seeded: the same intervals
+    assert [p["diff_ci95_bootstrap"] for p in again["paired"]] == [p["diff_ci95_bootstrap"] for p in res["paired"]]
+
+
+def test_runs_over_different_items_are_refused_from_pairing(tmp_path):
+    runs = tmp_path / "runs"
+    make_run(runs, "plain", n=10)
+    make_run(runs, "short", policy="knn-top", keep=0.5, n=6)  # its items are a subset: not the same items
+    set_outcomes(make_run(runs, "val", policy="snapkv", keep=0.5), [True] * 10, split="validation")
+    res = report.build_report([str(runs)], tmp_path / "rep")
+    assert res["paired"] == []
+    assert len(res["not_paired"]) == 2
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert ("- Not paired: `latent_mas m10 knn-top k0.5` (short) is not paired with `latent_mas m10` (plain): "
+            "different items (6 vs 10 items, 6 in common).") in md
+    assert "(val) is not paired with `latent_mas m10` (plain): different splits (validation vs test)." in md
+    assert json.loads((tmp_path / "rep" / "report.json").read_text())["not_paired"] == res["not_paired"]
+
+
+def test_reference_is_the_uncompressed_run_of_the_same_seed_or_the_baseline_flag(tmp_path):
+    runs = tmp_path / "runs"
+    make_run(runs, "base", method="baseline", correct=3)
+    for seed in (1, 2):
+        make_run(runs, f"plain-s{seed}", seed=seed, correct=5)
+        make_run(runs, f"knn-s{seed}", policy="knn-top", keep=0.5, seed=seed, correct=4)
+    make_run(runs, "knn-s3", policy="knn-top", keep=0.5, seed=3, correct=4)  # no uncompressed run of seed 3
+    res = report.build_report([str(runs)], tmp_path / "rep")
+    ref = {p["run"]: p["reference"] for p in res["paired"]}
+    assert ref == {"plain-s1": "base", "plain-s2": "base", "knn-s1": "plain-s1", "knn-s2": "plain-s2",
+                   "knn-s3": "base"}
+    out = tmp_path / "rep2"
+    assert run.main(["report", str(runs), "--out", str(out), "--baseline", str(runs / "plain-s2")]) == 0
+    res = json.loads((out / "report.json").read_text())
+    assert {p["reference"] for p in res["paired"]} == {"plain-s2"} and len(res["paired"]) == 5
+    assert "Every run is paired with the baseline `latent_mas m10 s2`" in (out / "report.md").read_text()
+    # a baseline outside the runs given joins the report; one of another task is refused from pairing
+    other = make_run(tmp_path / "elsewhere", "arc", task="arc_easy")
+    res = report.build_report([str(runs / "knn-s1")], tmp_path / "rep3", baseline=str(other))
+    assert res["paired"] == [] and "different model, task or data source" in res["not_paired"][0]
+    with pytest.raises(report.ReportError, match="--baseline"):
+        report.build_report([str(runs)], tmp_path / "rep4", baseline=str(tmp_path / "nope"))
+
+
 # --- observer: heatmaps and embeddings ------------------------------------------------------------------------------
 
 QUESTIONS = ["How many apples are left if each day the team sells 3 of 17?", "What is the total?"]
