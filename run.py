@@ -12,7 +12,7 @@ from pathlib import Path
 
 # parallel and utils import nothing heavy: run directories are checked and locked before torch loads
 from parallel import RUNTIME_FLAGS, Launch, ScaleOutError
-from registry import DEFAULT_MODEL, EMBEDDED_MODELS, METHODS, POLICIES, TASKS, TOPOLOGIES
+from registry import DEFAULT_MODEL, EMBEDDED_MODELS, METHODS, POLICIES, QUERIES, TASKS, TOPOLOGIES, query_problem
 from utils import (
     ResultsWriter,
     RunDirError,
@@ -95,7 +95,7 @@ def build_parser() -> CleanParser:
                    help="the most recent N entries are always kept")
     g.add_argument("--kv_scope", choices=["shared", "layer", "head"], default="shared",
                    help="one kept set for all layers (seed), one per layer, or one per KV head")
-    g.add_argument("--kv_query", choices=["embed-mean", "attention"], default="embed-mean",
+    g.add_argument("--kv_query", choices=list(QUERIES), default="embed-mean",
                    help="knn query: mean input embedding of the next prompt (seed), or its real attention")
     g.add_argument("--kv_protect", choices=["none", "latents"], default="none",
                    help="latents: never drop latent-step entries")
@@ -215,8 +215,8 @@ def resolve_args(argv: list[str]) -> argparse.Namespace:
                             ("--show_heatmaps", args.show_heatmaps), ("--save_embeddings", args.save_embeddings)):
             if value:
                 fail(f"{flag} works on the shared cache of --method latent_mas, not {args.method}")
-    if args.kv_query == "attention" and args.kv_policy not in ("knn-top", "knn-bottom"):
-        fail("--kv_query attention applies to --kv_policy knn-top / knn-bottom")
+    if query_problem(args.kv_policy, args.kv_query):
+        fail(query_problem(args.kv_policy, args.kv_query))
     if args.method == "baseline" and (args.agents or args.first_agent_text):
         fail("--agents / --first_agent_text need a team: use --method text_mas or latent_mas")
     if args.first_agent_text and args.method != "latent_mas":
