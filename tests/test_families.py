@@ -254,6 +254,39 @@ if __name__ == "__main__":  # the per-family differences quoted in the README an
               f"| {batched_vs_one_by_one(w):.1e} | {'identical' if keep_all_identical(w) else 'DIFFERENT'} | {rr} |")
 
 
+# --- refused before the run ---------------------------------------------------------------------------------------
+
+REFUSED = {  # families whose layers are not all attention layers: their state is recurrent, not a list of entries
+    "falcon_h1": ("FalconH1Config", dict(mamba_d_ssm=64, mamba_n_heads=4, mamba_d_head=16, mamba_d_state=16,
+                                         mamba_n_groups=1), "hybrid"),
+    "qwen3_next": ("Qwen3NextConfig", dict(num_experts=2, num_experts_per_tok=1, moe_intermediate_size=32,
+                                           shared_expert_intermediate_size=32, linear_num_value_heads=2,
+                                           linear_num_key_heads=2, linear_key_head_dim=16, linear_value_head_dim=16),
+                   "linear_attention"),
+}
+
+
+@pytest.mark.parametrize("name", list(REFUSED))
+def test_families_with_non_attention_layers_are_refused_in_one_line(name):
+    import transformers
+
+    cls, extra, kind = REFUSED[name]
+    config = getattr(transformers, cls)(hidden_size=64, intermediate_size=128, num_hidden_layers=4, vocab_size=400,
+                                        num_attention_heads=4, num_key_value_heads=2, head_dim=16, **extra)
+    with pytest.raises(architecture.ArchitectureError, match=f"has {kind} layers"):
+        architecture.describe(transformers.AutoModelForCausalLM.from_config(config))
+
+
+def test_attention_kernels_that_take_no_prepared_masks_are_refused(tiny_model_dir, capsys):
+    import run
+
+    with pytest.raises(SystemExit) as e:
+        run.main(["--method", "baseline", "--model_name", str(tiny_model_dir), "--max_samples", "1",
+                  "--attn_implementation", "flex_attention", "--output_dir", str(tiny_model_dir / "x")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "prepared masks" in err and "Traceback" not in err
+
+
 # --- base models (no chat template) --------------------------------------------------------------------------------
 
 def _base_wrapper(tiny_model_dir, bos: bool) -> ModelWrapper:
