@@ -193,6 +193,20 @@ class Random:
         return s.to(h.state.mask.device)[None, :, None, :]
 
 
+@dataclass
+class LatentsOnly:
+    """Hand on the latent-step entries of earlier agents and drop their prompt (and text) entries: every latent entry
+    outranks every other one, newest first within each kind. The keep ratio still sets how many entries go on, as for
+    every policy: while the budget is at most the row's latent count only latents go on (the newest), above it the
+    newest other entries fill the rest. `--kv_protect latents` with a small --kv_keep makes the protected set the
+    budget: exactly the latents plus the --kv_min_keep newest entries (at a hand-off those are the previous agent's
+    latent steps when --latent_steps >= --kv_min_keep)."""
+
+    def score(self, h: HandOff) -> torch.Tensor:
+        # logical positions stay far below 2**22, so in float32 the offset never swallows the recency order
+        return h.state.pos.float() + (h.state.kinds == LATENT).float() * 2.0 ** 22
+
+
 def make_policy(name: str, query: str = "embed-mean"):
     """The policy object of a registry.POLICIES row: its class here, its fixed arguments, and the query if it reads
     one (a policy that takes none ignores --kv_query; the CLI refuses the pair)."""

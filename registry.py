@@ -182,6 +182,9 @@ POLICIES: dict[str, PolicySpec] = {
         PolicySpec("knorm", "Knorm", "keep keys with a low L2 norm"),
         PolicySpec("keydiff", "KeyDiff", "KeyDiff: keep keys far from their head's mean key"),
         PolicySpec("random", "Random", "a uniformly random subset (the seed's knn random strategy)"),
+        PolicySpec("latents-only", "LatentsOnly", "transfer only the latent steps: earlier agents' latent-step entries "
+                   "outrank their prompt entries (newest first); at or below the latents' share of the cache (or with "
+                   "`--kv_protect latents` and a small `--kv_keep`) exactly the latents go on"),
     ]
 }
 
