@@ -11,6 +11,7 @@ every forward pass gets explicit `position_ids` and the full 2-D attention mask.
 """
 from __future__ import annotations
 
+import functools
 import weakref
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -33,9 +34,10 @@ class KVLayer(CacheLayerMixin):
     is_compileable = False
     is_croppable = False
 
-    def __init__(self, **kwargs):
+    def __init__(self, capacity: int = 0, **kwargs):
         self._k = self._v = None
         self.length = 0
+        self.capacity = capacity  # columns the first buffers get: the state's plan, when it has one
         self.is_initialized = False
 
     @property
@@ -61,13 +63,18 @@ class KVLayer(CacheLayerMixin):
         self.length = t
         self.device, self.is_initialized = keys.device, True
 
+    def reserve(self, columns: int) -> None:
+        """Make room for `columns` columns in all (one copy now instead of several later)."""
+        if self._k is not None and columns > self._k.shape[2]:
+            self.replace(self.keys, self.values, headroom=columns - self.length)
+
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         new = key_states.shape[-2]
-        if self._k is None or self.length + new > self._k.shape[2]:
-            grown = self.length + new
-            self.replace(self.keys if self._k is not None else key_states[:, :, :0],
-                         self.values if self._v is not None else value_states[:, :, :0],
-                         headroom=grown - self.length + max(grown // 2, 64))
+        need = self.length + new
+        if self._k is None:
+            self.replace(key_states[:, :, :0], value_states[:, :, :0], headroom=max(need, self.capacity))
+        elif need > self._k.shape[2]:  # an append nobody planned for: grow by a quarter
+            self.replace(self.keys, self.values, headroom=need - self.length + max(need // 4, 64))
         self._k[:, :, self.length: self.length + new].copy_(key_states)
         self._v[:, :, self.length: self.length + new].copy_(value_states)
         self.length += new
@@ -86,8 +93,8 @@ class KVLayer(CacheLayerMixin):
         return 0 if self._k is None else self._k.nbytes + self._v.nbytes
 
 
-def _cache(pairs: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> Cache:
-    cache = Cache(layer_class_to_replicate=KVLayer)
+def _cache(pairs: list[tuple[torch.Tensor, torch.Tensor]] | None = None, capacity: int = 0) -> Cache:
+    cache = Cache(layer_class_to_replicate=functools.partial(KVLayer, capacity=capacity))
     for k, v in pairs or []:
         layer = KVLayer()
         layer.replace(k, v)
@@ -102,6 +109,7 @@ class KVState:
     next_pos: torch.Tensor
     pos: torch.Tensor
     kinds: torch.Tensor
+    plan: int = 0  # columns the cache is expected to reach (reserve): buffers are sized for it once
 
     @classmethod
     def empty(cls, batch_size: int, device: torch.device | str) -> KVState:
@@ -163,6 +171,13 @@ class KVState:
         layers = self.layer_tensors()
         return KVState(_cache(layers) if layers else None, self.mask.clone(), self.next_pos.clone(),
                        self.pos.clone(), self.kinds.clone())
+
+    def reserve(self, more: int) -> None:
+        """Plan for `more` columns beyond the current length: buffers get that room now (or when they are created),
+        so the appends that follow copy nothing."""
+        self.plan = max(self.plan, self.length + more)
+        for layer in self._layers():
+            layer.reserve(self.plan)
 
     def repeat(self, batch_size: int) -> KVState:
         """A copy of this one-row state for `batch_size` rows."""
@@ -272,7 +287,7 @@ def extend(model, state: KVState, *, input_ids: torch.Tensor | None = None,
     if new_mask is None:
         new_mask = torch.ones(bsz, new_len, dtype=torch.long, device=state.mask.device)
     if state.cache is None:
-        state.cache = _cache()
+        state.cache = _cache(capacity=state.plan)
     position_ids = _positions(state, new_mask)
     mask_arg, per_layer = attention_masks(model, state, position_ids, new_mask)
     kwargs = dict(attention_mask=mask_arg, position_ids=position_ids, cache=state.cache, use_cache=True)
@@ -325,6 +340,7 @@ def select(model, state: KVState, index: torch.Tensor, keep: torch.Tensor, posit
     n_heads = layers[0].keys.shape[1]
     new_pos = (keep.cumsum(dim=1) - 1).clamp_min(0)  # contiguous logical positions of the kept entries
     old_pos = torch.gather(state.pos.expand(lp, bsz, hp, -1), 3, index)
+    still_to_come = max(state.plan - state.length, 0)  # planned appends keep their room; dropped entries free theirs
     for li, layer in enumerate(layers):
         # every layer's tensors stay on that layer's device (--device_map): the index goes to them
         idx = index[li if lp > 1 else 0].to(layer.keys.device).expand(bsz, n_heads, k)
@@ -332,9 +348,10 @@ def select(model, state: KVState, index: torch.Tensor, keep: torch.Tensor, posit
         if positions == "rerotate":
             delta = new_pos[:, None, :] - old_pos[li if lp > 1 else 0]
             keys = architecture.rotate(model, li, keys, delta)
-        layer.replace(keys, values)
+        layer.replace(keys, values, headroom=still_to_come)
     state.kinds = torch.gather(state.kinds.expand(lp, bsz, hp, -1), 3, index) * keep[None, :, None, :]
     state.mask = keep.long()
+    state.plan = k + still_to_come if state.plan else 0
     if positions == "original":
         state.pos = old_pos
     else:

@@ -269,10 +269,13 @@ class ModelWrapper:
 
     # --- latent thinking -----------------------------------------------------------------------------------
     @torch.no_grad()
-    def prefill(self, state: KVState, enc: Encoded, want: str = "hidden", prefix_key: str | None = None):
+    def prefill(self, state: KVState, enc: Encoded, want: str = "hidden", prefix_key: str | None = None,
+                room: int = 0):
         """`extend` over a prompt. On an empty state with a `prefix_key` (one per place that sends prompts of one
         template), the token prefix that every prompt sent from there had so far is prefilled once, kept, and
-        copied into each row; only the rest of each prompt runs. The same within fp32 rounding (tested)."""
+        copied into each row; only the rest of each prompt runs. The same within fp32 rounding (tested).
+        `room`: columns that will follow the prompt (latent steps, decoded tokens), reserved in the cache now."""
+        state.reserve(enc.ids.shape[1] + room)
         if not (self.prefix_reuse and prefix_key and state.length == 0):
             return extend(self.model, state, input_ids=enc.ids, new_mask=enc.mask, want=want)
         rows = [r[m == 1].tolist() for r, m in zip(enc.ids.cpu(), enc.mask.cpu())]
@@ -291,6 +294,7 @@ class ModelWrapper:
             self._prefix_states[prefix_key] = held = (ids, shared)
         state.adopt(held[1].repeat(len(rows)))
         rest = self.tokenizer.pad({"input_ids": [r[p:] for r in rows]}, padding=True, return_tensors="pt")
+        state.reserve(rest["input_ids"].shape[1] + room)
         return extend(self.model, state, input_ids=rest["input_ids"].to(self.device),
                       new_mask=rest["attention_mask"].to(self.device), want=want)
 
@@ -301,7 +305,7 @@ class ModelWrapper:
 
         `trace` (for observers) receives "latents" and "hidden": the last-layer hidden states (B, D) after the prompt
         and after each latent step (steps + 1 of them; the last one is never fed back)."""
-        h = self.prefill(state, enc, "hidden", prefix_key)
+        h = self.prefill(state, enc, "hidden", prefix_key, room=steps)
         latents, hidden = [], [h]
         for _ in range(steps):
             v = self.realigner(h)
@@ -323,7 +327,7 @@ class ModelWrapper:
         finished feeds padding (mask 0) while the others go on; the last emitted token is not fed back.
         """
         bsz = enc.ids.shape[0]
-        logits = self.prefill(state, enc, "logits", prefix_key)
+        logits = self.prefill(state, enc, "logits", prefix_key, room=max_new_tokens)
         done = torch.zeros(bsz, dtype=torch.bool, device=self.device)
         # tokens stay on the device; the host looks at `done` every `check` steps (on a GPU each look is a sync)
         emitted = torch.zeros(bsz, max_new_tokens, dtype=torch.long, device=self.device)

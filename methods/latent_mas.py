@@ -48,6 +48,9 @@ def _think(wrapper, items, cfg: MethodConfig, team, encs, compressor, observer=N
     kv_gens = [item_generator(cfg.seed, it.index, "kv") for it in items]
     steps, workers = [], []
     state = KVState.empty(n, wrapper.device)
+    if cfg.flow == "chain":  # the whole team's cache, sized once: no agent's append copies it
+        state.reserve(sum(e.ids.shape[1] for e in encs) + cfg.max_new_tokens
+                      + sum(cfg.max_new_tokens if a.mode == "text" else cfg.latent_steps for a in agents[:-1]))
     for k, agent in enumerate(agents):
         final = k == len(agents) - 1
         if cfg.flow == "parallel":

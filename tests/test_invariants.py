@@ -214,3 +214,18 @@ def test_compiled_one_token_steps_give_the_same_outputs(tiny_model_dir):
     assert w.compile
     compiled = get_method("latent_mas")(w, _items(), cfg)
     assert [r["output"] for r in plain] == [r["output"] for r in compiled]
+
+
+def test_the_team_cache_is_allocated_once_per_batch(tiny, monkeypatch):
+    """latent_mas sizes the chain's cache for every agent's prompt, latent steps and the judger's tokens up front:
+    no append copies the cache (one allocation per layer in the whole batch)."""
+    import kv_state
+
+    w = _wrapper(tiny)
+    w.prefix_reuse = False
+    calls = []
+    original = kv_state.KVLayer.replace
+    monkeypatch.setattr(kv_state.KVLayer, "replace", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    cfg = MethodConfig(answer_type="number", max_new_tokens=8, temperature=0.0, top_p=1.0, seed=0, latent_steps=3)
+    get_method("latent_mas")(w, _items(), cfg)
+    assert len(calls) == w.model.config.num_hidden_layers
