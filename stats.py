@@ -95,18 +95,19 @@ def mcnemar_exact(b: int, c: int) -> float:
 def paired_bootstrap_ci(a, b, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
                         level: float = 0.95) -> tuple[float, float]:
     """Percentile interval of mean(a - b) over items: `resamples` draws of n items with replacement (the same draw
-    for both runs, which keeps the pairing), from numpy's PCG64 seeded with `seed`, so a report is reproducible."""
+    for both runs, which keeps the pairing), from numpy's PCG64 seeded with `seed`, so a report is reproducible.
+
+    A resample's mean depends only on how often it draws each distinct difference, so the draw is made as those
+    counts, Multinomial(n, observed shares): the same bootstrap distribution as drawing item indices, in O(resamples)
+    for right/wrong outcomes (differences -1, 0, 1) instead of O(resamples * n)."""
     x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if x.shape != y.shape or x.ndim != 1 or x.size == 0:
         raise ValueError("need two equally long, non-empty sequences")
-    d = x - y
-    rng = np.random.default_rng(seed)
-    n, means, chunk = d.size, [], max(1, 2_000_000 // d.size)
-    for start in range(0, resamples, chunk):
-        idx = rng.integers(0, n, size=(min(chunk, resamples - start), n))
-        means.append(d[idx].mean(axis=1))
+    values, counts = np.unique(x - y, return_counts=True)
+    n = x.size
+    draws = np.random.default_rng(seed).multinomial(n, counts / n, size=resamples)  # (resamples, distinct values)
     alpha = (1 - level) / 2
-    lo, hi = np.quantile(np.concatenate(means), [alpha, 1 - alpha])
+    lo, hi = np.quantile(draws @ values / n, [alpha, 1 - alpha])
     return float(lo), float(hi)
 
 
