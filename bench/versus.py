@@ -37,19 +37,23 @@ def run_once(checkout: Path, flags: list[str], out: Path) -> tuple[dict, list[st
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rev", required=True)
+    p.add_argument("--rev", required=True, help="the earlier revision")
+    p.add_argument("--this_rev", default=None, help="compare this revision instead of the working tree")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("flags", nargs=argparse.REMAINDER, help="run.py flags, after --")
     args = p.parse_args()
     flags = [f for f in args.flags if f != "--"]
     tmp = Path(tempfile.mkdtemp())
     old = tmp / "old"
-    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(old), args.rev], check=True,
-                   capture_output=True)
+    this = tmp / "this" if args.this_rev else ROOT
+    for path, rev in ((old, args.rev), (this, args.this_rev)):
+        if rev:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(path), rev], check=True,
+                           capture_output=True)
     ratios, startup, same = [], {"this": [], "earlier": []}, True
     try:
         for r in range(args.repeats):
-            order = [("this", ROOT), ("earlier", old)]
+            order = [("this", this), ("earlier", old)]
             got = {}
             for name, checkout in (order if r % 2 == 0 else order[::-1]):
                 summary, outputs, wall = run_once(checkout, flags, tmp / f"{name}{r}")
@@ -60,7 +64,8 @@ def main() -> None:
             print(f"repeat {r}: this {got['this'][0]['time_per_sample_s']:.2f} s/item, earlier "
                   f"{got['earlier'][0]['time_per_sample_s']:.2f} s/item, ratio {ratios[-1]:.3f}", file=sys.stderr)
     finally:
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(old)], capture_output=True)
+        for path in {old, this} - {ROOT}:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(path)], capture_output=True)
     print(f"time per item, this / {args.rev}: median of {len(ratios)} paired ratios {statistics.median(ratios):.3f} "
           f"(all: {', '.join(f'{x:.3f}' for x in ratios)})")
     print(f"wall time outside the run's own timing (start-up, loading, writing): this "
