@@ -1,4 +1,5 @@
-"""One source of truth for the names the CLI, the README and the tests share: tasks, methods, models."""
+"""One source of truth for the names the CLI, the README and the tests share: tasks (and their data sources),
+methods, topologies, compression policies, models. Imports nothing heavy: the CLI reads it before torch loads."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -43,6 +44,9 @@ class TaskSpec:
     n_options: int | None = None  # letter items whose row shows neither options nor lettered lines have this many
     notes: dict = field(default_factory=dict)  # data_note by source ("hub", "package", "file"), else "any"; a note
     # may hold {n_options}; an item permutation's note comes before "any"
+
+
+DATA_SOURCES = ("auto", "hub", "package", "file")  # --data_source (data/load.py decides what auto means)
 
 
 def _bench(path: str, *more: str, split: str = "test", items: int) -> Package:

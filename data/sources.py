@@ -9,9 +9,9 @@ from pathlib import Path
 from data import hub
 from data.items import DataError, one_line
 from data.readers import LAYOUTS, read_records
-from registry import TaskSpec
+from registry import DATA_SOURCES, TaskSpec
 
-DATA_SOURCES = ("auto", "hub", "package", "file")
+__all__ = ["DATA_SOURCES", "Rows", "from_file", "from_hub", "from_package", "offline_hint", "package_files"]
 
 
 @dataclass
