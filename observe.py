@@ -28,10 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kv_state import LATENT, PROMPT, TEXT
-
 EMBEDDINGS_FORMAT = "latentmas-kv embeddings v1"
-KIND_NAMES = {0: "pad", PROMPT: "prompt", LATENT: "latent", TEXT: "text"}
 
 
 @dataclass
@@ -192,14 +189,13 @@ def draw_heatmap(sim: np.ndarray, kept: np.ndarray, kinds: np.ndarray, title: st
     return fig
 
 
-def observer_from_args(args, run_dir: Path) -> Observer | None:
-    """The run's observer, or None when neither --show_heatmaps nor --save_embeddings is given."""
-    if not (getattr(args, "show_heatmaps", False) or getattr(args, "save_embeddings", False)):
+def observer_from_args(cfg, run_dir: Path) -> Observer | None:
+    """The run's observer (cfg: config.RunConfig), or None when neither --show_heatmaps nor --save_embeddings is
+    given. Heatmaps name the compression by RunConfig.observer_label."""
+    out = cfg.output
+    if not (out.show_heatmaps or out.save_embeddings):
         return None
     from registry import TOPOLOGIES
 
-    label = ""
-    if getattr(args, "kv_policy", "none") != "none":
-        label = f"{args.kv_policy} keep {args.kv_keep:g}, {args.kv_scope}"
-    flow = TOPOLOGIES[args.prompt][1] if args.prompt in TOPOLOGIES else "chain"
-    return Observer(run_dir, args.show_heatmaps, args.save_embeddings, flow, label)
+    flow = TOPOLOGIES[cfg.team.prompt][1] if cfg.team.prompt in TOPOLOGIES else "chain"
+    return Observer(run_dir, out.show_heatmaps, out.save_embeddings, flow, cfg.observer_label())

@@ -21,15 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from argparse import Namespace
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 import stats
-from parallel import collect
-from utils import RunDirError
+from rundir import RunDirError, read_run
 
 METHOD_COLOURS = {"baseline": "tab:grey", "text_mas": "tab:blue", "latent_mas": "tab:orange"}
 # compression settings other than the keep ratio, and their defaults (a line label names only what differs)
@@ -88,23 +86,14 @@ def _is_run(path: Path) -> bool:
 
 
 def load_run(path: Path) -> Run:
-    summary_path, config_path = path / "summary.json", path / "config.json"
-    config = json.loads(config_path.read_text()) if config_path.exists() else {}
-    try:  # results.jsonl, then the part files of a scale-out launch that was not merged yet; read only
-        records = list(collect(path).values())
+    try:  # config.json, the records (results.jsonl, then parts not merged yet; read only) and summary.json (rebuilt
+        saved = read_run(path)  # as run.py writes it if the run stopped before writing one): rundir.read_run
     except RunDirError as e:
         raise ReportError(str(e)) from None
-    if summary_path.exists():
-        summary = json.loads(summary_path.read_text())
-    elif config and records:  # killed before it wrote a summary: rebuild it the way run.py does
-        from utils import summarize
-
-        data = config.get("data", {})
-        summary = summarize(records, Namespace(**config["args"]), data, data.get("n_items", len(records)))
-    else:
+    if saved.summary is None:
         raise ReportError(f"{path}: no summary.json (nor config.json with results.jsonl); give a run directory "
                           "that run.py wrote")
-    return Run(path, summary, config, records)
+    return Run(path, saved.summary, saved.config, saved.records)
 
 
 def find_runs(paths: list[str]) -> list[Run]:

@@ -1,7 +1,7 @@
 """Methods: each turns a batch of items into one record per item (see DESIGN.md "Output a user reads")."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 
 from grading import extract_answer, grade_code, is_correct
 from prompts import answer_instruction
@@ -9,7 +9,8 @@ from prompts import answer_instruction
 
 @dataclass
 class MethodConfig:
-    """The run settings a method reads (a view of the CLI arguments)."""
+    """What a method reads: the run's settings of the same name (from_run fills them from config.RunConfig; a field
+    named differently says which setting in its metadata) and the run's objects (compressor, observer, team)."""
 
     answer_type: str
     max_new_tokens: int
@@ -25,9 +26,17 @@ class MethodConfig:
     code_memory_mb: int | None = None  # code tasks: address-space limit per sample (None: code_eval's default)
     compressor: object = None  # compression.Compressor: prunes the shared cache at hand-offs (latent_mas)
     fidelity: bool = False  # latent_mas: also run the uncompressed team and score the judger against it
-    stacked_prompts: bool = False  # the seed's --include_old_prompts
+    stacked_prompts: bool = field(default=False, metadata={"setting": "include_old_prompts"})  # seed: stacked
     observer: object = None  # observe.Observer (latent_mas): look() before each hand-off, record() after each agent
     team: object = None  # teams.Team; None: the shipped team of `prompt`
+
+    @classmethod
+    def from_run(cls, run, answer_type: str, **objects) -> MethodConfig:
+        """The settings of `run` (a config.RunConfig) that a method reads, by field name, plus `objects`."""
+        flat = run.flat()
+        settings = {f.name: flat[f.metadata.get("setting", f.name)] for f in fields(cls)
+                    if f.metadata.get("setting", f.name) in flat}
+        return cls(answer_type=answer_type, **settings, **objects)
 
     def get_team(self):
         from teams import default_team

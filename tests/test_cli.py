@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import config
 import registry
 import run
 from tests.conftest import ROOT
@@ -178,10 +179,10 @@ def test_ctrl_c_keeps_finished_items(tiny_model_dir, tmp_path, monkeypatch, caps
     assert [r["index"] for r in _records(rd)] == [0, 1, 2]
 
 
-def test_readme_flags_table_matches_argparse():
-    readme = (ROOT / "README.md").read_text()
-    assert run.flags_markdown() in readme, "regenerate: python -c 'import run; print(run.flags_markdown())'"
-    assert registry.tasks_markdown() in readme, "regenerate from registry.tasks_markdown()"
+def test_docs_flags_table_matches_argparse():
+    docs = "\n".join(p.read_text() for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))])
+    assert config.flags_markdown() in docs, "regenerate: python -c 'import config; print(config.flags_markdown())'"
+    assert registry.tasks_markdown() in docs, "regenerate from registry.tasks_markdown()"
 
 
 def test_embedded_smollm2_end_to_end_in_a_fresh_process(smol, tmp_path):

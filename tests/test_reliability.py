@@ -14,11 +14,12 @@ from pathlib import Path
 
 import pytest
 
+import config
 import report
 import run
-import utils
+import rundir
+from rundir import RunDirError, read_results
 from tests.conftest import ROOT
-from utils import RunDirError, read_results
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -93,12 +94,12 @@ def test_a_whole_last_line_that_is_not_a_record_is_an_error(tmp_path):
 # --- run directories: new names, one run at a time ---------------------------------------------------------------
 
 def test_new_run_dirs_never_share_a_name(tmp_path):
-    made = [utils.new_run_dir(tmp_path / "runs", "same_name") for _ in range(3)]
+    made = [rundir.new_run_dir(tmp_path / "runs", "same_name") for _ in range(3)]
     assert [p.name for p in made] == ["same_name", "same_name-2", "same_name-3"]
 
 
 def test_two_runs_in_the_same_second_get_two_directories(tiny_model_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(run, "run_dir_name", lambda args: "fixed_20250101-000000")
+    monkeypatch.setattr(config.RunConfig, "run_name", lambda self: "fixed_20250101-000000")
     for _ in range(2):
         assert run.main(_cli(tiny_model_dir, "--max_samples", "1", "--output_dir", str(tmp_path))) == 0
     dirs = sorted(p.name for p in tmp_path.iterdir())
@@ -165,7 +166,7 @@ def test_two_processes_into_one_run_dir_write_each_item_once(tiny_model_dir, tmp
 def test_torchrun_into_a_busy_run_dir_refuses_in_every_process(tiny_model_dir, tmp_path):
     rd = tmp_path / "busy"
     rd.mkdir()
-    lock = utils.lock_run_dir(rd)  # this test process holds it
+    lock = rundir.lock_run_dir(rd)  # this test process holds it
     try:
         env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
         proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
@@ -258,7 +259,7 @@ def test_non_finite_numbers_are_refused(flag, value, capsys):
 
 
 def test_strict_json_never_writes_nan():
-    text = utils.to_json({"a": float("nan"), "b": [float("inf"), 1.5], "c": {"d": -float("inf")}})
+    text = rundir.to_json({"a": float("nan"), "b": [float("inf"), 1.5], "c": {"d": -float("inf")}})
     assert json.loads(text) == {"a": None, "b": [None, 1.5], "c": {"d": None}}
 
 
@@ -332,7 +333,7 @@ def test_a_failed_start_leaves_no_directory(tmp_path, capsys):
 # --- a full disk -------------------------------------------------------------------------------------------------
 
 class _DiskFillsAfter:
-    """utils.os as the results writer sees it: the write of record `n` stops half-way with ENOSPC."""
+    """rundir.os as the results writer sees it: the write of record `n` stops half-way with ENOSPC."""
 
     def __init__(self, n: int):
         self.n, self.calls = n, 0
@@ -356,7 +357,7 @@ def _check_disk_full(rd: Path, line: str, kept: int):
 
 
 def test_disk_full_during_the_run_simulated(tiny_model_dir, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(utils, "os", _DiskFillsAfter(2))
+    monkeypatch.setattr(rundir, "os", _DiskFillsAfter(2))
     line = _exit_2(_cli(tiny_model_dir, "--output_dir", str(tmp_path)), capsys)
     (rd,) = tmp_path.iterdir()
     _check_disk_full(rd, line, kept=1)

@@ -1,0 +1,576 @@
+"""A run's settings: one typed configuration, the command line made from it, experiment files, and the rules for
+flags that would do nothing.
+
+`RunConfig` holds eight small dataclasses (team, model, data, latent, compression, decoding, hardware, output). Each
+field is one flag of the same name (`--kv_keep` sets `compression.kv_keep`); its help, choices, parser and aliases
+sit on the field, and so does `runtime=True` for the few that never change a run's records (device, batch size,
+output folder, ...): those may differ on --resume, between a run and its --run_dir, and between shards. config.json
+stores the configuration flat under "args", one key per field; `RunConfig.from_saved` reads it back, also from
+files written before a field existed (the field takes its default). Run names, the summary's settings and the
+observer's label come from here.
+
+    python run.py --config config/latent_knn.yaml --max_samples 20      # a flag on the command line wins
+
+An experiment file is a YAML or JSON mapping whose keys are flag names, flat or grouped under the section names.
+
+Adding a setting = one field below (default, help, choices). A method sees it when MethodConfig has a field of the
+same name; a check belongs in `check` if it does nothing for some methods.
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass, field, fields, replace
+from datetime import datetime
+from pathlib import Path
+from typing import ClassVar
+
+from registry import (
+    DATA_SOURCES,
+    DEFAULT_MODEL,
+    EMBEDDED_MODELS,
+    METHODS,
+    POLICIES,
+    QUERIES,
+    TASKS,
+    TOPOLOGIES,
+    query_problem,
+)
+
+# choices the CLI offers before torch loads (compression.SCOPES and kv_state.POSITION_MODES hold the same names)
+SCOPES = ("shared", "layer", "head")
+POSITIONS = ("original", "rerotate", "shift")
+
+
+class ConfigError(Exception):
+    """A setting, a combination of settings or an experiment file that cannot work; the message names the fix."""
+
+
+def _bounded(kind, lo=None, hi=None, lo_open=False, hi_open=False, extra_ok=()):
+    """An argparse type: `kind`, finite, inside the range (or one of extra_ok)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a valid {kind.__name__}") from None
+        if isinstance(value, float) and not math.isfinite(value):  # nan passes every comparison, inf most
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+        if value in extra_ok:
+            return value
+        bad_lo = lo is not None and (value <= lo if lo_open else value < lo)
+        bad_hi = hi is not None and (value >= hi if hi_open else value > hi)
+        if bad_lo or bad_hi:
+            rng = f"{'(' if lo_open else '['}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}" \
+                  f"{')' if hi_open else ']'}"
+            also = f" or {', '.join(map(str, extra_ok))}" if extra_ok else ""
+            raise argparse.ArgumentTypeError(f"{value} is outside {rng}{also}")
+        return value
+    return parse
+
+
+def setting(default, help: str, *, parse=None, choices=None, flag: str | None = None, aliases=(),
+            metavar: str | None = None, runtime: bool = False, summary: bool = True):
+    """A field that is one command-line flag. runtime: never changes a run's records; summary (compression only):
+    part of the summary's `compression` settings."""
+    return field(default=default, metadata={"help": help, "parse": parse, "choices": choices, "flag": flag,
+                                            "aliases": tuple(aliases), "metavar": metavar, "runtime": runtime,
+                                            "summary": summary})
+
+
+# --- the sections ----------------------------------------------------------------------------------------------------
+
+@dataclass
+class TeamConfig:
+    TITLE: ClassVar[str] = "what to run: the method and its team"
+    method: str | None = setting(None, "method to run (required unless --resume or given by --config)",
+                                 choices=tuple(METHODS))
+    prompt: str = setting("sequential", "topology: sequential (each agent on the earlier agents' work), hierarchical "
+                          "(independent workers, the last agent reads them all), chain-hierarchical (hierarchical "
+                          "prompts on one chained cache, as the reference code)", choices=tuple(TOPOLOGIES))
+    agents: str | None = setting(None, "team file (JSON/YAML, see teams/); default: the shipped team of --prompt",
+                                 metavar="FILE")
+    first_agent_text: bool = setting(False, "latent_mas: the first agent writes text onto the shared cache instead of "
+                                     "latent steps")
+    text_mas_context_length: int = setting(-1, "text_mas: keep the last N tokens of the handed-on text; -1 for all",
+                                           parse=_bounded(int, lo=1, extra_ok=(-1,)))
+
+
+@dataclass
+class ModelConfig:
+    TITLE: ClassVar[str] = "model"
+    model_name: str = setting(DEFAULT_MODEL, "hub id, local HF folder, or embedded alias "
+                              f"({', '.join(EMBEDDED_MODELS)}; works offline)")
+    prefix_reuse: bool = setting(True, "prefill each prompt whole instead of prefilling the template text that all "
+                                 "items' prompts share once and copying it into each row (reuse is on by default; "
+                                 "outputs agree up to float rounding)", flag="no_prefix_reuse")
+
+
+@dataclass
+class DataConfig:
+    TITLE: ClassVar[str] = "data"
+    task: str = setting("gsm8k", "benchmark task", choices=tuple(TASKS))
+    data_source: str = setting("auto", "auto: the hub unless HF_HUB_OFFLINE=1 or it is unreachable, then the offline "
+                               "package", choices=DATA_SOURCES)
+    data_path: str | None = setting(None, "local JSON/JSONL/CSV/parquet file (implies --data_source file)")
+    split: str | None = setting(None, "dataset split (default: the task's test split)")
+    max_samples: int = setting(100, "first N items; -1 for all", parse=_bounded(int, lo=1, extra_ok=(-1,)))
+    num_shards: int = setting(1, "split the items into K shards (a job array); merge them with python run.py merge "
+                              "RUN_DIR...", parse=_bounded(int, lo=1))
+    shard_id: int = setting(0, "which shard this run takes, 0..K-1", parse=_bounded(int, lo=0))
+
+
+@dataclass
+class LatentConfig:
+    TITLE: ClassVar[str] = "latent reasoning (latent_mas)"
+    latent_steps: int = setting(10, "latent steps per non-final agent (latent_mas); 0 still hands the prompts' cache "
+                                "on", parse=_bounded(int, 0, 4096))
+    latent_space_realign: bool = setting(False, "map hidden states to input-embedding space by ridge least squares "
+                                         "(else: norm rescale only)")
+    think: bool = setting(False, "open a <think> block after each latent_mas agent's prompt")
+
+
+@dataclass
+class CompressionConfig:
+    TITLE: ClassVar[str] = "KV-cache compression at hand-offs (latent_mas)"
+    kv_policy: str = setting("none", "how to score cache entries", choices=("none", *POLICIES))
+    kv_keep: float = setting(0.8, "share of the cache kept at each compression, in (0, 1]",
+                             parse=_bounded(float, 0, 1, lo_open=True), aliases=("--knn_percentage",))
+    kv_min_keep: int = setting(5, "the most recent N entries are always kept", parse=_bounded(int, lo=0),
+                               aliases=("--knn_min_keep",))
+    kv_scope: str = setting("shared", "one kept set for all layers (seed), one per layer, or one per KV head",
+                            choices=SCOPES)
+    kv_query: str = setting("embed-mean", "knn query: mean input embedding of the next prompt (seed), or its real "
+                            "attention", choices=tuple(QUERIES))
+    kv_protect: str = setting("none", "latents: never drop latent-step entries", choices=("none", "latents"))
+    kv_positions: str = setting("original", "after pruning: continue at the original positions (correct), "
+                                "re-rotate kept keys to contiguous positions, or shift (the seed's defect: continue at "
+                                "the pruned length with stale key phases; only to reproduce its numbers)",
+                                choices=POSITIONS)
+    compress_at: str = setting("every", "compress before every non-first agent (seed, compounding) or once before the "
+                               "judger", choices=("every", "judger"))
+    knn_filter: bool = setting(False, "the seed's switch: --kv_policy knn-<--knn_strategy>", summary=False)
+    knn_strategy: str = setting("top", "the seed's strategy, used with --knn_filter",
+                                choices=("top", "bottom", "random"), summary=False)
+    include_old_prompts: bool = setting(False, "the seed's stacked prompts: each latent agent's prompt opens with the "
+                                        "previous agent's")
+    fidelity: bool = setting(False, "also run the team uncompressed and score the judger against it (agreement, KL)",
+                             summary=False)
+
+
+@dataclass
+class DecodingConfig:
+    TITLE: ClassVar[str] = "decoding"
+    temperature: float = setting(0.6, "0 means greedy", parse=_bounded(float, lo=0))
+    top_p: float = setting(0.95, "nucleus mass, in (0, 1]", parse=_bounded(float, 0, 1, lo_open=True))
+    max_new_tokens: int = setting(512, "tokens each writing agent may generate (the paper used 4096)",
+                                  parse=_bounded(int, lo=1))
+    generate_bs: int = setting(1, "items per batch (left padding; greedy results do not depend on it)",
+                               parse=_bounded(int, lo=1), runtime=True)
+    seed: int = setting(42, "seed for sampling and option shuffling", parse=int)
+
+
+@dataclass
+class HardwareConfig:
+    TITLE: ClassVar[str] = "hardware and the code sandbox (data-parallel: launch with torchrun / accelerate launch)"
+    device: str = setting("auto", "auto | cpu | cuda | cuda:N", runtime=True)
+    dtype: str = setting("auto", "auto: bfloat16 on CUDA, float32 on CPU",
+                         choices=("auto", "float32", "bfloat16", "float16"))
+    attn_implementation: str | None = setting(None, "e.g. sdpa, eager (default: the model's choice)", runtime=True)
+    device_map: str | None = setting(None, "spread one model over the visible GPUs: auto, balanced, balanced_low_0, "
+                                     "sequential, or a JSON file {module: device}", runtime=True)
+    max_memory: str | None = setting(None, "with --device_map: per-device caps, e.g. 0=60GiB,1=75GiB", runtime=True)
+    compile: bool = setting(False, "compile the latent and decode steps with torch.compile (same outputs; pays off "
+                            "on long runs)", runtime=True)
+    eval_workers: int | None = setting(None, "code tasks: sandboxed test processes run at once for a batch (default: "
+                                       "min(4, CPU count))", parse=_bounded(int, lo=1), runtime=True)
+    code_timeout_s: float | None = setting(None, "code tasks: wall-clock limit per sample in seconds (default: 10)",
+                                           parse=_bounded(float, 0, lo_open=True))
+    code_memory_mb: int | None = setting(None, "code tasks: address-space limit per sample in MiB (default: 1024)",
+                                         parse=_bounded(int, lo=1))
+
+
+@dataclass
+class OutputConfig:
+    TITLE: ClassVar[str] = "output"
+    output_dir: str = setting("runs", "parent folder of run directories", runtime=True)
+    run_dir: str | None = setting(None, "write to exactly this run directory; if it holds this same run, continue it "
+                                  "(a requeued job)", runtime=True)
+    verbose: bool = setting(False, "print each item's agents and result", runtime=True)
+    show_heatmaps: bool = setting(False, "latent_mas: save per item and hand-off the per-layer key/prompt similarity "
+                                  "heatmap and the kept/dropped mask under RUN_DIR/heatmaps (observe.py)")
+    save_embeddings: bool = setting(False, "latent_mas: save per item and agent the latent vectors and first/last "
+                                    "hidden states as safetensors under RUN_DIR/embeddings (observe.py)")
+
+
+SECTIONS: dict[str, type] = {"team": TeamConfig, "model": ModelConfig, "data": DataConfig, "latent": LatentConfig,
+                             "compression": CompressionConfig, "decoding": DecodingConfig, "hardware": HardwareConfig,
+                             "output": OutputConfig}
+
+
+@dataclass(frozen=True)
+class Flag:
+    """One setting: its field, its section and its command-line spelling."""
+
+    name: str
+    section: str
+    spec: object  # dataclasses.Field
+
+    @property
+    def meta(self):
+        return self.spec.metadata
+
+    @property
+    def default(self):
+        return self.spec.default
+
+    @property
+    def option(self) -> str:
+        return "--" + (self.meta["flag"] or self.name)
+
+    @property
+    def runtime(self) -> bool:
+        return self.meta["runtime"]
+
+    @property
+    def negated(self) -> bool:
+        """A default-on switch whose flag turns it off (--no_prefix_reuse sets prefix_reuse false)."""
+        return self.default is True
+
+
+FLAGS: dict[str, Flag] = {f.name: Flag(f.name, sec, f) for sec, cls in SECTIONS.items() for f in fields(cls)}
+# every spelling a flag has (field name, flag, aliases) -> field name: what experiment files may use as keys
+SPELLINGS: dict[str, str] = {s.removeprefix("--"): n for n, fl in FLAGS.items()
+                             for s in (n, fl.option, *fl.meta["aliases"])}
+RUNTIME = frozenset(n for n, fl in FLAGS.items() if fl.runtime)
+
+
+# --- the configuration -----------------------------------------------------------------------------------------------
+
+@dataclass
+class RunConfig:
+    team: TeamConfig = field(default_factory=TeamConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    latent: LatentConfig = field(default_factory=LatentConfig)
+    compression: CompressionConfig = field(default_factory=CompressionConfig)
+    decoding: DecodingConfig = field(default_factory=DecodingConfig)
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def get(self, name: str):
+        return getattr(getattr(self, FLAGS[name].section), name)
+
+    def flat(self) -> dict:
+        """{field: value} for every setting: what config.json holds under "args"."""
+        return {name: self.get(name) for name in FLAGS}
+
+    def updated(self, values: dict) -> RunConfig:
+        """A copy with `values` ({field: value}) set; unknown names are an error."""
+        sections = {sec: {} for sec in SECTIONS}
+        for name, value in values.items():
+            sections[FLAGS[name].section][name] = value
+        return RunConfig(**{sec: replace(getattr(self, sec), **changes) for sec, changes in sections.items()})
+
+    @classmethod
+    def from_saved(cls, args: dict) -> RunConfig:
+        """The configuration saved in config.json ("args"). A key no field has any more is ignored; a field the
+        file lacks (it was written before the field existed) takes its default."""
+        return cls().updated({k: v for k, v in args.items() if k in FLAGS})
+
+    def result_settings(self) -> dict:
+        """The settings that can change a run's records: all but the runtime ones."""
+        return {k: v for k, v in self.flat().items() if k not in RUNTIME}
+
+    def differences(self, other: RunConfig, ignore=()) -> dict[str, tuple]:
+        """{field: (mine, other's)} over the result settings that differ, except `ignore`."""
+        a, b = self.result_settings(), other.result_settings()
+        return {k: (a[k], b[k]) for k in a if k not in ignore and a[k] != b[k]}
+
+    # --- how a run names and describes itself -----------------------------------------------------------------------
+    @property
+    def method(self) -> str | None:
+        return self.team.method
+
+    def run_name(self) -> str:
+        """method_task_model[_team][_mN]_<compression or nocomp>[_shardIofK]_<timestamp>"""
+        model = self.model.model_name
+        model = Path(model.rstrip("/")).name if os.path.isdir(model) else model
+        parts = [self.method, self.data.task, model.replace("/", "_")]
+        if self.team.agents:
+            parts.append(Path(self.team.agents).stem)
+        if self.method == "latent_mas":
+            parts.append(f"m{self.latent.latent_steps}")
+        c = self.compression
+        parts.append(f"{c.kv_policy}-k{c.kv_keep:g}-{c.kv_scope}-{c.kv_positions}" if c.kv_policy != "none"
+                     else "nocomp")
+        if self.data.num_shards > 1:
+            parts.append(f"shard{self.data.shard_id}of{self.data.num_shards}")
+        parts.append(datetime.now().strftime("%Y%m%d-%H%M%S"))
+        return "_".join(parts)
+
+    def compression_settings(self) -> dict | None:
+        """The summary's `compression`: None without a policy, else the compression fields marked summary."""
+        if self.compression.kv_policy == "none":
+            return None
+        return {f.name: getattr(self.compression, f.name) for f in fields(CompressionConfig) if f.metadata["summary"]}
+
+    def summary_settings(self) -> dict:
+        """The settings summary.json repeats (n/a ones are None: prompt for baseline, latent steps but latent_mas)."""
+        m = self.method
+        return {"method": m, "task": self.data.task, "model": self.model.model_name,
+                "prompt": self.team.prompt if m != "baseline" else None,
+                "latent_steps": self.latent.latent_steps if m == "latent_mas" else None,
+                "compression": self.compression_settings(), "seed": self.decoding.seed,
+                "temperature": self.decoding.temperature, "max_new_tokens": self.decoding.max_new_tokens}
+
+    def observer_label(self) -> str:
+        """How heatmaps name the compression: 'snapkv keep 0.5, head', or '' without a policy."""
+        c = self.compression
+        return f"{c.kv_policy} keep {c.kv_keep:g}, {c.kv_scope}" if c.kv_policy != "none" else ""
+
+
+def as_config(settings) -> RunConfig:
+    """A RunConfig from itself, from config.json's "args", or from a namespace of them (older callers)."""
+    if isinstance(settings, RunConfig):
+        return settings
+    return RunConfig.from_saved(settings if isinstance(settings, dict) else vars(settings))
+
+
+def series_defaults() -> dict:
+    """Compression settings other than policy and keep ratio, with their defaults: a report line names what differs."""
+    return {f.name: f.default for f in fields(CompressionConfig)
+            if f.metadata["summary"] and f.name not in ("kv_policy", "kv_keep")}
+
+
+# --- the command line ------------------------------------------------------------------------------------------------
+
+class CleanParser(argparse.ArgumentParser):
+    """Bad input gets one line naming the fix and exit code 2, not a usage dump."""
+
+    def error(self, message: str):
+        print(f"run.py: error: {message} (see python run.py --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def build_parser(defaults: bool = True) -> CleanParser:
+    """The CLI, one flag per field. defaults=False leaves every default out, so parsing yields what was typed."""
+    p = CleanParser(description="LatentMAS-KV: latent multi-agent reasoning over a shared KV cache.",
+                    formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                    argument_default=None if defaults else argparse.SUPPRESS)
+    for cls in SECTIONS.values():
+        group = p.add_argument_group(cls.TITLE)
+        for f in fields(cls):
+            fl = FLAGS[f.name]
+            kw = {"dest": f.name, "help": fl.meta["help"]}
+            if isinstance(fl.default, bool):
+                kw["action"] = "store_false" if fl.negated else "store_true"
+                kw["default"] = argparse.SUPPRESS if (fl.negated or not defaults) else False
+            else:
+                kw.update(type=fl.meta["parse"], choices=fl.meta["choices"], metavar=fl.meta["metavar"])
+                if defaults:
+                    kw["default"] = fl.default
+            group.add_argument(fl.option, *fl.meta["aliases"], **kw)
+    g = p.add_argument_group("experiment files and resuming")
+    g.add_argument("--config", metavar="FILE", help="read settings from a YAML or JSON file whose keys are these "
+                   "flags' names (see config/); flags on the command line win")
+    g.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run in RUN_DIR with its saved settings")
+    return p
+
+
+def flags_markdown() -> str:
+    """The flags table of the docs, generated from the parser (a test checks the docs hold exactly this)."""
+    rows = ["| flag | default | meaning |", "|---|---|---|"]
+    for action in build_parser()._actions:
+        if not action.option_strings or action.dest == "help":
+            continue
+        flag = action.option_strings[0]
+        if action.choices:
+            flag += " {" + ",".join(map(str, action.choices)) + "}"
+        shown = action.default not in (None, argparse.SUPPRESS) and action.default is not False  # 0 is shown
+        default = f"`{action.default}`" if shown else ""
+        text = action.help.replace("|", "/").replace("<", "&lt;")
+        rows.append(f"| `{flag}` | {default} | {text} |")
+    return "\n".join(rows)
+
+
+@dataclass
+class Invocation:
+    """What a command line asks for: the settings given (typed, or in the --config file; typed wins), the file, and
+    the run directory to resume."""
+
+    given: dict
+    config_file: str | None = None
+    resume: str | None = None
+
+
+def parse_command_line(argv: list[str]) -> Invocation:
+    typed = vars(build_parser(defaults=False).parse_args(argv))
+    config_file, resume = typed.pop("config", None), typed.pop("resume", None)
+    from_file = read_experiment_file(config_file) if config_file else {}
+    return Invocation({**from_file, **typed}, config_file, resume)
+
+
+def _read_mapping(path: Path) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"--config {path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"--config {path}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
+    try:
+        if path.suffix.lower() == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except Exception as e:  # json and yaml errors name their line
+        raise ConfigError(f"--config {path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'} "
+                          f"({' '.join(str(e).split())})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {path}: give a mapping of flag names to values (method: latent_mas, ...)")
+    return data
+
+
+def read_experiment_file(path: str) -> dict:
+    """{field: value} from an experiment file: keys are flag names (any spelling, with or without --), flat or under
+    a section name (compression: {kv_policy: knorm}); values are checked as the command line checks them."""
+    path = Path(path)
+    values: dict = {}
+    for key, value in _read_mapping(path).items():
+        if key in SECTIONS and isinstance(value, dict):
+            for k, v in value.items():
+                name = _setting_name(path, k)
+                if FLAGS[name].section != key:
+                    raise ConfigError(f"--config {path}: {k} belongs to section {FLAGS[name].section}, not {key}")
+                values[name] = _file_value(path, str(k), name, v)
+        else:
+            name = _setting_name(path, key)
+            values[name] = _file_value(path, str(key), name, value)
+    return values
+
+
+def _setting_name(path: Path, key) -> str:
+    key = str(key).removeprefix("--")
+    if key in SPELLINGS:
+        return SPELLINGS[key]
+    if key in ("config", "resume"):
+        raise ConfigError(f"--config {path}: {key} is not a setting; give --{key} on the command line")
+    close = difflib.get_close_matches(key, list(SPELLINGS) + list(SECTIONS), n=1)
+    raise ConfigError(f"--config {path}: unknown setting {key!r}" + (f" (did you mean {close[0]}?)" if close else "")
+                      + "; keys are flag names, see python run.py --help")
+
+
+def _file_value(path: Path, key: str, name: str, value):
+    fl = FLAGS[name]
+    where = f"--config {path}: {key}"
+    if isinstance(fl.default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: give true or false, not {value!r}")
+        return (not value) if key.removeprefix("--") != name and fl.negated else value
+    if value is None:
+        if fl.default is None:
+            return None
+        raise ConfigError(f"{where}: needs a value (default: {fl.default!r})")
+    if isinstance(value, (dict, list)):
+        raise ConfigError(f"{where}: give one value, not {type(value).__name__} {value!r}")
+    parse = fl.meta["parse"] or str
+    try:
+        value = parse(str(value))
+    except (argparse.ArgumentTypeError, ValueError) as e:
+        raise ConfigError(f"{where}: {e}") from None
+    if fl.meta["choices"] and value not in fl.meta["choices"]:
+        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, fl.meta['choices']))}")
+    return value
+
+
+def resumed(saved_args: dict, given: dict, run_dir: str) -> RunConfig:
+    """--resume DIR: the saved run's settings, with the ones given now on top. A given setting that changes results
+    and differs from the saved run is refused: the records on disk were made without it."""
+    saved = RunConfig.from_saved(saved_args)
+    changed = [f"--{k} {v!r} (saved: {saved.get(k)!r})" for k, v in given.items()
+               if k not in RUNTIME and v != saved.get(k)]
+    if changed:
+        it = "them" if len(changed) > 1 else "it"
+        raise ConfigError(f"--resume {run_dir}: {', '.join(changed)} would change the results; drop {it} to continue "
+                          f"the saved run, or start a new run with {it}")
+    return saved.updated(given)
+
+
+def new_run(given: dict) -> RunConfig:
+    if given.get("method") is None:
+        raise ConfigError("--method is required (baseline, text_mas or latent_mas), or --resume RUN_DIR")
+    return RunConfig().updated(given)
+
+
+# --- combinations: what is implied, refused, or warned about ---------------------------------------------------------
+
+def normalize(cfg: RunConfig) -> None:
+    """What one setting implies for another: --knn_filter picks the policy, --data_path the file source."""
+    c = cfg.compression
+    if c.knn_filter:
+        seed_policy = "random" if c.knn_strategy == "random" else f"knn-{c.knn_strategy}"
+        if c.kv_policy not in ("none", seed_policy):
+            raise ConfigError(f"--knn_filter --knn_strategy {c.knn_strategy} means --kv_policy {seed_policy}, "
+                              f"not {c.kv_policy}; give one of them")
+        c.kv_policy = seed_policy
+    if cfg.data.data_path and cfg.data.data_source == "auto":
+        cfg.data.data_source = "file"
+
+
+def check(cfg: RunConfig, given: dict) -> list[str]:
+    """Refuse (ConfigError, one line) what cannot work or was given where it does nothing; return one warning per
+    given setting that is merely ignored. A setting counts as given when typed or in the --config file (a switch
+    given as false is not given); settings left at their defaults are never flagged.
+
+    Refused: the cache's settings (--kv_policy, --fidelity, --show_heatmaps, --save_embeddings, --first_agent_text,
+    --think, --latent_space_realign, --include_old_prompts) for a method other than latent_mas, --agents for
+    baseline, compression knobs without a policy, --knn_strategy without --knn_filter, --kv_query with a policy that
+    takes no query. Warned: --latent_steps for baseline / text_mas and --text_mas_context_length for other methods
+    (scripts loop over methods with one set of flags), --prompt for baseline, the code-sandbox flags on a task that
+    is not code."""
+    m, c = cfg.method, cfg.compression
+
+    def given_(name: str) -> bool:
+        return name in given and not (isinstance(FLAGS[name].default, bool) and given[name] == FLAGS[name].default)
+
+    if m != "latent_mas":
+        for name in ("kv_policy", "fidelity", "show_heatmaps", "save_embeddings"):
+            if cfg.get(name) not in ("none", False):
+                raise ConfigError(f"--{name} works on the shared cache of --method latent_mas, not {m}")
+        if m == "baseline" and (cfg.team.agents or cfg.team.first_agent_text):
+            raise ConfigError("--agents / --first_agent_text need a team: use --method text_mas or latent_mas")
+        if cfg.team.first_agent_text:
+            raise ConfigError("--first_agent_text applies to --method latent_mas (text_mas agents always write)")
+        for name in ("think", "latent_space_realign", "include_old_prompts"):
+            if given_(name):
+                raise ConfigError(f"--{name} does nothing for --method {m}: it applies to latent_mas; drop it")
+    problem = query_problem(c.kv_policy, c.kv_query)
+    if problem:
+        raise ConfigError(problem)
+    knobs = [f"--{n}" for n in ("kv_keep", "kv_min_keep", "kv_scope", "kv_query", "kv_protect", "kv_positions",
+                                "compress_at") if given_(n)]
+    if c.kv_policy == "none" and knobs:
+        one = len(knobs) == 1
+        raise ConfigError(f"{', '.join(knobs)} {'does' if one else 'do'} nothing without a policy: give --kv_policy "
+                          f"(or --knn_filter), or drop {'it' if one else 'them'}")
+    if given_("knn_strategy") and not c.knn_filter:
+        raise ConfigError("--knn_strategy goes with --knn_filter (the seed's switch): give both, or --kv_policy")
+    if cfg.data.data_source == "file" and not cfg.data.data_path:
+        raise ConfigError("--data_source file needs --data_path FILE")
+
+    warnings = []
+    if m != "latent_mas" and given_("latent_steps"):
+        warnings.append(f"--latent_steps does nothing for --method {m} (latent_mas only); ignored")
+    if m != "text_mas" and given_("text_mas_context_length"):
+        warnings.append(f"--text_mas_context_length does nothing for --method {m} (text_mas only); ignored")
+    if m == "baseline" and given_("prompt"):
+        warnings.append("--prompt does nothing for --method baseline (one agent, no team); ignored")
+    if TASKS[cfg.data.task].answer_type != "code":
+        warnings += [f"--{n} does nothing for --task {cfg.data.task} (code tasks only); ignored"
+                     for n in ("eval_workers", "code_timeout_s", "code_memory_mb") if given_(n)]
+    return warnings
