@@ -9,7 +9,7 @@ stores the configuration flat under "args", one key per field; `RunConfig.from_s
 files written before a field existed (the field takes its default). Run names, the summary's settings and the
 observer's label come from here.
 
-    python run.py --config config/latent_knn.yaml --max_samples 20      # a flag on the command line wins
+    python run.py --config config/knn_seed.yaml --max_samples 20        # a flag on the command line wins
 
 An experiment file is a YAML or JSON mapping whose keys are flag names, flat or grouped under the section names.
 
@@ -183,8 +183,8 @@ class HardwareConfig:
     device_map: str | None = setting(None, "spread one model over the visible GPUs: auto, balanced, balanced_low_0, "
                                      "sequential, or a JSON file {module: device}", runtime=True)
     max_memory: str | None = setting(None, "with --device_map: per-device caps, e.g. 0=60GiB,1=75GiB", runtime=True)
-    compile: bool = setting(False, "compile the latent and decode steps with torch.compile (same outputs; pays off "
-                            "on long runs)", runtime=True)
+    compile: bool = setting(False, "run every one-token step (decoding, latent steps) through torch.compile; for GPU "
+                            "nodes: the first steps pay the compilation (tens of seconds)", runtime=True)
     eval_workers: int | None = setting(None, "code tasks: sandboxed test processes run at once for a batch (default: "
                                        "min(4, CPU count))", parse=_bounded(int, lo=1), runtime=True)
     code_timeout_s: float | None = setting(None, "code tasks: wall-clock limit per sample in seconds (default: 10)",

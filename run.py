@@ -1,7 +1,7 @@
 """LatentMAS-KV: one entry point for baseline, text_mas and latent_mas runs, and for merging and reporting them.
 
     python run.py --method latent_mas --task gsm8k --max_samples 5
-    python run.py --config config/latent_knn.yaml --max_samples 20     # an experiment file; typed flags win
+    python run.py --config config/knn_seed.yaml --max_samples 20       # an experiment file; typed flags win
     python run.py --resume RUN_DIR                                      # continue an interrupted run
     python run.py merge RUN_DIR...  /  python run.py report RUN_DIR...
 
@@ -119,15 +119,12 @@ def main(argv: list[str] | None = None) -> int:
 def load(plan: Plan, run_dir: RunDir) -> tuple:
     """Items, model and method settings of this run; writes config.json for a new run. Fails in one line."""
     # heavy imports after the checks, so --help and bad flags answer at once
-    from architecture import model_summary
     from compression import CompressionError, compressor_from_args
     from data import DataError, load_task
     from methods import MethodConfig
-    from models import ModelError, ModelWrapper, load_model
     from observe import observer_from_args
 
-    cfg, launch = plan.cfg, plan.launch
-    d, hw = cfg.data, cfg.hardware
+    cfg, launch, d = plan.cfg, plan.launch, plan.cfg.data
     try:
         items, data_info = load_task(d.task, split=d.split, data_source=d.data_source, data_path=d.data_path,
                                      seed=cfg.decoding.seed, max_samples=d.max_samples)
@@ -136,16 +133,32 @@ def load(plan: Plan, run_dir: RunDir) -> tuple:
     if not items:
         fail(f"task {d.task} gave no items; check --split / --data_path")
     n_total, items = len(items), launch.shard(items)
+    wrapper = load_wrapper(cfg, launch)
+    compressor = compressor_from_args(cfg.compression)
+    try:
+        if compressor is not None:
+            compressor.check(wrapper.model)
+    except CompressionError as e:
+        fail(str(e))
+    if not run_dir.resumed and launch.is_main:
+        try:
+            run_dir.write_config(config_json(plan, wrapper, data_info, launch.describe(n_total, items)))
+        except RunDirError as e:
+            fail(f"{e}; free space or fix the folder, then start the run again")
+    method_cfg = MethodConfig.from_run(cfg, TASKS[d.task].answer_type, compressor=compressor, team=plan.team,
+                                       observer=observer_from_args(cfg, run_dir.path))
+    return items, data_info, wrapper, method_cfg
+
+
+def load_wrapper(cfg: RunConfig, launch: Launch):
+    """The model on this process's device, wrapped (models.ModelWrapper) with the run's model settings."""
+    from models import ModelError, ModelWrapper, load_model
+
+    hw = cfg.hardware
     try:
         model, tokenizer, device = load_model(cfg.model.model_name, launch.device(hw.device), hw.dtype,
                                               hw.attn_implementation, hw.device_map, hw.max_memory)
     except ModelError as e:
-        fail(str(e))
-    compressor = compressor_from_args(cfg.compression)
-    try:
-        if compressor is not None:
-            compressor.check(model)
-    except CompressionError as e:
         fail(str(e))
     set_seed(cfg.decoding.seed)
     # the realignment matrix is built once here, outside every timed region
@@ -160,19 +173,19 @@ def load(plan: Plan, run_dir: RunDir) -> tuple:
     if wrapper.prompt_format == "fallback" and launch.is_main:
         print(f"[model] {cfg.model.model_name} has no chat template: prompts use the plain 'User: ... Assistant:' "
               f"format{' after BOS' if wrapper.bos else ''}, decoding stops at the next 'User:' turn", file=sys.stderr)
-    if not run_dir.resumed and launch.is_main:
-        model_info = {"prompt_format": wrapper.prompt_format, "architecture": model_summary(model),
-                      "latent_target_norm": wrapper.realigner.target_norm if wrapper.realigner else None}
-        config = {"args": cfg.flat(), "config_file": plan.config_file, "data": data_info,
-                  "team": plan.team.as_dict() if plan.team else None, "device": str(device), "dtype": str(model.dtype),
-                  "model": model_info, "environment": environment(), "scale_out": launch.describe(n_total, items)}
-        try:
-            run_dir.write_config(config)
-        except RunDirError as e:
-            fail(f"{e}; free space or fix the folder, then start the run again")
-    method_cfg = MethodConfig.from_run(cfg, TASKS[d.task].answer_type, compressor=compressor, team=plan.team,
-                                       observer=observer_from_args(cfg, run_dir.path))
-    return items, data_info, wrapper, method_cfg
+    return wrapper
+
+
+def config_json(plan: Plan, wrapper, data_info: dict, scale_out: dict) -> dict:
+    """config.json of a new run: every setting (flat, under "args"), data, team, device, model, versions."""
+    from architecture import model_summary
+
+    model = wrapper.model
+    model_info = {"prompt_format": wrapper.prompt_format, "architecture": model_summary(model),
+                  "latent_target_norm": wrapper.realigner.target_norm if wrapper.realigner else None}
+    return {"args": plan.cfg.flat(), "config_file": plan.config_file, "data": data_info,
+            "team": plan.team.as_dict() if plan.team else None, "device": str(wrapper.device),
+            "dtype": str(model.dtype), "model": model_info, "environment": environment(), "scale_out": scale_out}
 
 
 def loop(plan: Plan, run_dir: RunDir, items: list, wrapper, method_cfg) -> tuple[dict[int, dict], bool]:
