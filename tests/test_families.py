@@ -340,3 +340,8 @@ def test_a_base_model_run_records_its_prompt_format_and_latent_norm(tiny_model_d
     assert config["model"]["prompt_format"] == "fallback"
     assert config["model"]["latent_target_norm"] == pytest.approx(architecture.embedding_norm(w.model), rel=1e-5)
     assert config["model"]["architecture"]["layer_types"] == ["full_attention"] * 3
+
+
+def test_every_family_of_the_matrix_has_its_row_in_the_docs():
+    text = (Path(__file__).resolve().parents[1] / "docs" / "architectures.md").read_text()
+    assert all(f"| {name} |" in text for name in NAMES), "regenerate the table: python tests/test_families.py"
