@@ -7,7 +7,8 @@ A state is the cache plus what the cache alone does not know:
   * `kinds`    (L', B, H', T) what each entry is (PAD, PROMPT, LATENT, TEXT).
 L' and H' are 1 until a per-layer or per-head selection makes entries differ between layers or heads.
 Positions are logical, not physical: after left padding or pruning the column of an entry is not its position, so
-every forward pass gets explicit `position_ids` and the full 2-D attention mask.
+every forward pass gets explicit `position_ids` and attention masks built here from validity and logical positions
+(full, sliding-window and chunked layers alike); the cache layers are plain buffers that never trim themselves.
 """
 from __future__ import annotations
 
@@ -27,8 +28,9 @@ POSITION_MODES = ("original", "rerotate", "shift")
 
 class KVLayer(CacheLayerMixin):
     """One attention layer's keys and values, whatever the layer's kind: never trimmed, never windowed (what a
-    query may see is the state's masks' business). Stored in buffers (B, H, capacity, d) that grow geometrically
-    and are written in place, so appending a token does not copy the cache; the model gets views of the filled part."""
+    query may see is the state's masks' business). Stored in buffers (B, H, capacity, d) sized ahead (the state's
+    plan) and written in place, so appending a token does not copy the cache; the model gets views of the filled
+    part."""
 
     is_sliding = False
     is_compileable = False
