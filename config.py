@@ -414,13 +414,13 @@ def parse_command_line(argv: list[str]) -> Invocation:
     return Invocation({**from_file, **typed}, config_file, resume)
 
 
-def _read_mapping(path: Path) -> dict:
+def read_mapping(path: Path, label: str = "--config") -> dict:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"--config {path}: no such file") from None
+        raise ConfigError(f"{label} {path}: no such file") from None
     except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"--config {path}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
+        raise ConfigError(f"{label} {path}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
     try:
         if path.suffix.lower() == ".json":
             data = json.loads(text)
@@ -429,10 +429,10 @@ def _read_mapping(path: Path) -> dict:
 
             data = yaml.safe_load(text)
     except Exception as e:  # json and yaml errors name their line
-        raise ConfigError(f"--config {path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'} "
+        raise ConfigError(f"{label} {path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'} "
                           f"({' '.join(str(e).split())})") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"--config {path}: give a mapping of flag names to values (method: latent_mas, ...)")
+        raise ConfigError(f"{label} {path}: give a mapping of flag names to values (method: latent_mas, ...)")
     return data
 
 
@@ -440,34 +440,48 @@ def read_experiment_file(path: str) -> dict:
     """{field: value} from an experiment file: keys are flag names (any spelling, with or without --), flat or under
     a section name (compression: {kv_policy: knorm}); values are checked as the command line checks them."""
     path = Path(path)
+    return experiment_values(read_mapping(path), path)
+
+
+def experiment_values(mapping: dict, path: Path, lists: bool = False, label: str = "--config") -> dict:
+    """{field: value} from the mapping of an experiment file (see read_experiment_file). lists (sweep files): a list
+    value is an axis of the grid, returned as a tuple of checked values. `label` starts every error message."""
     values: dict = {}
-    for key, value in _read_mapping(path).items():
+    for key, value in mapping.items():
         if key in SECTIONS and isinstance(value, dict):
             for k, v in value.items():
-                name = _setting_name(path, k)
+                name = _setting_name(path, k, label)
                 if FLAGS[name].section != key:
-                    raise ConfigError(f"--config {path}: {k} belongs to section {FLAGS[name].section}, not {key}")
-                values[name] = _file_value(path, str(k), name, v)
+                    raise ConfigError(f"{label} {path}: {k} belongs to section {FLAGS[name].section}, not {key}")
+                values[name] = _file_values(path, str(k), name, v, lists, label)
         else:
-            name = _setting_name(path, key)
-            values[name] = _file_value(path, str(key), name, value)
+            name = _setting_name(path, key, label)
+            values[name] = _file_values(path, str(key), name, value, lists, label)
     return values
 
 
-def _setting_name(path: Path, key) -> str:
+def _file_values(path: Path, key: str, name: str, value, lists: bool, label: str):
+    if not (lists and isinstance(value, list)):
+        return _file_value(path, key, name, value, label)
+    if not value:
+        raise ConfigError(f"{label} {path}: {key}: give at least one value (an empty list makes no runs)")
+    return tuple(_file_value(path, key, name, v, label) for v in value)
+
+
+def _setting_name(path: Path, key, label: str = "--config") -> str:
     key = str(key).removeprefix("--")
     if key in SPELLINGS:
         return SPELLINGS[key]
     if key in ("config", "resume"):
-        raise ConfigError(f"--config {path}: {key} is not a setting; give --{key} on the command line")
+        raise ConfigError(f"{label} {path}: {key} is not a setting; give --{key} on the command line")
     close = difflib.get_close_matches(key, list(SPELLINGS) + list(SECTIONS), n=1)
-    raise ConfigError(f"--config {path}: unknown setting {key!r}" + (f" (did you mean {close[0]}?)" if close else "")
+    raise ConfigError(f"{label} {path}: unknown setting {key!r}" + (f" (did you mean {close[0]}?)" if close else "")
                       + "; keys are flag names, see python run.py --help")
 
 
-def _file_value(path: Path, key: str, name: str, value):
+def _file_value(path: Path, key: str, name: str, value, label: str = "--config"):
     fl = FLAGS[name]
-    where = f"--config {path}: {key}"
+    where = f"{label} {path}: {key}"
     if isinstance(fl.default, bool):
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: give true or false, not {value!r}")

