@@ -297,6 +297,17 @@ def why_not(path: Path, e: OSError) -> str:
     return "it is a file, not a folder" if path.exists() and not path.is_dir() else e.strerror
 
 
+def _holder_note(f: IO, wait_s: float = 2.0) -> str:
+    """The holder's note; a holder that has just taken the lock writes it a moment later, so wait a little."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        f.seek(0)
+        note = f.read().decode("utf-8", "replace").strip()
+        if note or time.monotonic() > deadline:
+            return note or "another process"
+        time.sleep(0.05)
+
+
 def lock_run_dir(run_dir: Path) -> IO:
     """Hold RUN_DIR/run.lock (an exclusive flock) for as long as the returned file stays open, normally the life of
     the process; a second run into the same directory gets a RunDirError naming the holder.
@@ -311,8 +322,7 @@ def lock_run_dir(run_dir: Path) -> IO:
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
-        f.seek(0)
-        holder = f.read().decode("utf-8", "replace").strip() or "another process"
+        holder = _holder_note(f)
         f.close()
         if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
             raise RunDirError(f"cannot lock {path} ({e.strerror}); put runs on a file system with flock") from None
