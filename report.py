@@ -15,6 +15,8 @@ each run is compared with a reference run over the same items (paired bootstrap 
 stats.py and `pair_rows`).
 Runs are grouped by model, task and data source. Accuracies of different groups are never drawn on one axis: every
 plot has one panel per group, and the report names the groups and says that they are not comparable.
+A run whose settings match a published number (config/paper/published.yaml, `--published FILE`) gets it in the Runs
+table's "paper" column (`published_for`).
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ SERIES_DEFAULTS = {"kv_scope": "shared", "kv_positions": "original", "compress_a
                    "kv_protect": "none", "kv_min_keep": 5, "include_old_prompts": False}
 # settings that change results but not what is measured: runs of one group that differ in them are flagged
 WITHIN_GROUP = ("n", "seed", "temperature", "max_new_tokens", "prompt", "agents", "dtype", "split")
+PUBLISHED = Path(__file__).resolve().parent / "config" / "paper" / "published.yaml"
 
 
 class ReportError(Exception):
@@ -333,6 +336,75 @@ def pair_rows(groups: list[tuple[str, list[Run]]], baseline: Run | None = None) 
     return rows, refused
 
 
+# --- published numbers: "paper vs this run" -----------------------------------------------------------------------
+
+def load_published(path: Path | None) -> list[dict]:
+    """The rows of a published-numbers file (see config/paper/published.yaml): each {source, short, settings,
+    accuracy (a fraction), n}; [] without a file."""
+    if path is None or not Path(path).exists():
+        return []
+    import yaml
+
+    try:
+        tables = (yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}).get("tables") or []
+        rows = [{"source": t["source"], "short": t.get("short") or t["source"],
+                 "settings": {**(t.get("settings") or {}), **{k: v for k, v in row.items()
+                                                             if k not in ("accuracy", "n")}},
+                 "accuracy": float(row["accuracy"]) / 100, "n": row.get("n", t.get("n"))}
+                for t in tables for row in t["rows"]]
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, yaml.YAMLError) as e:
+        raise ReportError(f"--published {path}: not a published-numbers file ({type(e).__name__}: {e}); see "
+                          "config/paper/published.yaml") from None
+    return rows
+
+
+def _model_id(name) -> str:
+    return Path(str(name).rstrip("/")).name.lower()
+
+
+def _run_value(r: Run, key: str):
+    c = r.compression or {}
+    if key == "model":
+        return r.get("model")
+    if key == "kv_policy":
+        return c.get("kv_policy", "none")
+    if key in c:
+        return c[key]
+    return r.summary[key] if key in r.summary else r.args.get(key)
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return abs(float(a) - float(b)) < 1e-9
+    return a == b
+
+
+def published_for(r: Run, published: list[dict]) -> list[dict]:
+    """The published rows whose settings the run has: `model` by its last path component (case aside), a setting
+    the run's method has no use for (None in its summary: prompt and latent_steps for baseline) skipped, and a row
+    naming no kv_policy only for an uncompressed run."""
+    out = []
+    for row in published:
+        settings = {"kv_policy": "none", **row["settings"]}
+        ok = True
+        for key, want in settings.items():
+            have = _run_value(r, key)
+            if key == "model":
+                ok = have is not None and _model_id(have) == _model_id(want)
+            elif have is not None:
+                ok = _same(have, want)
+            if not ok:
+                break
+        if ok:
+            out.append(row)
+    return out
+
+
+def _published_text(published: list[dict], shorts: dict) -> str:
+    return "; ".join(f"{p['accuracy']:.3f} ({shorts[p['source']]}" + (f", n={p['n']}" if p["n"] else "") + ")"
+                     for p in published)
+
+
 # --- plots ---------------------------------------------------------------------------------------------------------
 
 def _figure(rows: int, cols: int, width: float, height: float, ratios: list[float] | None = None):
@@ -567,9 +639,12 @@ def _find_baseline(runs: list[Run], path: str | None) -> Run | None:
     return runs[-1]
 
 
-def build_report(paths: list[str], out: Path, command: str | None = None, baseline: str | None = None) -> dict:
+def build_report(paths: list[str], out: Path, command: str | None = None, baseline: str | None = None,
+                 published: Path | None = PUBLISHED) -> dict:
     """Read the runs, write report.md, report.json and the plots to `out`; return what was written. `baseline`: a run
-    directory every run is paired with (default: each run's reference, see `reference_for`)."""
+    directory every run is paired with (default: each run's reference, see `reference_for`). `published`: the
+    published-numbers file (None: no "paper" column)."""
+    papers = load_published(published)
     runs = find_runs(paths)
     base = _find_baseline(runs, baseline)
     out.mkdir(parents=True, exist_ok=True)
@@ -584,6 +659,9 @@ def build_report(paths: list[str], out: Path, command: str | None = None, baseli
              "time_tokens": plot_time_tokens(groups, out), "fidelity": plot_fidelity(groups, out),
              "paired": plot_paired(groups, pairs, out)}
     rows = [run_row(name, r) for name, rs in groups for r in rs]
+    for row, r in zip(rows, (r for _, rs in groups for r in rs)):
+        row["published"] = [{"accuracy": p["accuracy"], "n": p["n"], "source": p["source"]}
+                            for p in published_for(r, papers)]
     per_method = [m for name, rs in groups for m in method_rows(name, rs)]
     notes = []
     if len(groups) > 1:
@@ -610,15 +688,23 @@ def build_report(paths: list[str], out: Path, command: str | None = None, baseli
     if notes:
         md += [""] + [f"- {n}" for n in notes]
     md += ["", "## Runs", ""]
-    header = ["group", "run", "n", "accuracy [95% CI]", "judger KV tokens", "judger KV MiB", "kept share",
-              "time/item s", "gen. tokens/item", "compress s/item", "agreement", "KL"]
+    paper = any(row["published"] for row in rows)  # "paper vs this run": a column only when a run matches
+    shorts = {p["source"]: p["short"] for p in papers}
+    header = ["group", "run", "n", "accuracy [95% CI]", *(["paper"] if paper else []), "judger KV tokens",
+              "judger KV MiB", "kept share", "time/item s", "gen. tokens/item", "compress s/item", "agreement", "KL"]
     md += _md_table(header, [[
         row["group"].split(":")[0], row["label"], f"{row['n']}" + (" (partial)" if row["complete"] is False else ""),
         f"{_fmt(row['accuracy'], 3)} [{_fmt(row['accuracy_ci95'][0], 2)}, {_fmt(row['accuracy_ci95'][1], 2)}]",
+        *([_published_text(row["published"], shorts)] if paper else []),
         _fmt(row["kv_tokens_judger_mean"], 1), _fmt(row["kv_bytes_judger_mean"], 2, 2 ** 20),
         _fmt(row["kv_kept_share_judger_mean"], 3), _fmt(row["time_per_sample_s"], 2),
         _fmt(row["generated_tokens_mean"], 1), _fmt(row["compress_time_mean_s"], 4),
         _fmt(row["fidelity_agreement_mean"], 3), _fmt(row["fidelity_kl_mean"], 4)] for row in rows])
+    if paper:
+        used = {p["source"] for row in rows for p in row["published"]}
+        md += ["", "paper: the published accuracy of the same setting (model, task, method, topology, latent steps and "
+               "compression as listed in the published-numbers file; decoding and items are not matched, so compare "
+               "n). " + "; ".join(f"{short} = {source}" for source, short in shorts.items() if source in used) + "."]
     md += ["", "Run directories: " + ", ".join(f"`{row['label']}` = `{row['path']}`" for row in rows)]
     md += seeds_markdown(seeds)
     md += paired_markdown(pairs, not_paired, base)
@@ -651,6 +737,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="run.py report", description="Markdown table and PNG plots from run directories.")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories, or folders holding them")
     p.add_argument("--out", default=None, help="output folder (default: reports/<timestamp>)")
+    p.add_argument("--published", default=str(PUBLISHED), metavar="FILE",
+                   help="published accuracies to show beside matching runs ('none': no paper column)")
     p.add_argument("--baseline", default=None, metavar="RUN_DIR",
                    help="pair every run with this run (default: a compressed run with the uncompressed run of its "
                         "method and seed, any other run with its group's first run)")
@@ -658,7 +746,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out or Path("reports") / datetime.now().strftime("%Y%m%d-%H%M%S"))
     try:
         result = build_report(args.runs, out, command="python run.py report " + " ".join(argv or sys.argv[1:]),
-                              baseline=args.baseline)
+                              baseline=args.baseline,
+                              published=None if args.published == "none" else Path(args.published))
     except ReportError as e:
         print(f"report: error: {e}", file=sys.stderr)
         return 2

@@ -388,6 +388,9 @@ def open_cell(cell: Cell, pool: ModelPool, file: Path) -> OpenCell | None:
     (with the cell's status set) when it cannot run now."""
     from rundir import RunDir
 
+    if disk_state(cell)[0] == "complete":  # another process (a second sweep on this folder) finished it meanwhile
+        cell.status = "complete"
+        return None
     launch = Launch.from_config(cell.cfg)
     plan = run.Plan(cell.cfg, None, cell.team, launch, str(file))
     try:
@@ -489,8 +492,6 @@ def loop(opened: list[OpenCell], shared: SharedReference | None) -> bool:
         return True
     finally:
         bar.close()
-        for o in opened:
-            o.writer.close()
     return False
 
 
@@ -528,6 +529,9 @@ def run_unit(unit: list[Cell], pool: ModelPool, file: Path) -> bool:
             o.run_dir.release()
         raise SweepError(f"{e}; the finished items are on disk: free space or fix the folder, then run the sweep "
                          "again") from None
+    finally:
+        for o in opened:
+            o.writer.close()
     for o in opened:
         err = io.StringIO()
         try:
@@ -631,18 +635,11 @@ def main(argv: list[str]) -> int:
     except OSError as e:
         run.fail(f"cannot create the sweep folder {sweep.folder} ({e.strerror}); give --output_dir a writable folder")
     pool, interrupted, error = ModelPool(), False, None
-    todo = []
     for c in mine:
         if c.refused:
             c.status, c.note = "refused", c.refused
-            continue
-        state, detail = disk_state(c)
-        if state == "complete":
-            c.status = "complete"
-        else:
-            todo.append(c)
     try:
-        for unit in units(todo):
+        for unit in units([c for c in mine if not c.refused]):  # a complete cell is skipped when its turn comes
             if run_unit(unit, pool, sweep.file):
                 interrupted = True
                 break
@@ -664,8 +661,8 @@ def main(argv: list[str]) -> int:
     except RunDirError as e:
         print(f"{LABEL}: warning: {e}", file=sys.stderr)
     print("\n".join(rows))
-    print(f"[{LABEL}] {sum(c.status in ('ran', 'resumed', 'complete') for c in mine)} of {len(mine)} cells complete; "
-          f"table in {sweep.folder / name}", file=sys.stderr)
+    print(f"[{LABEL}] {sum(c.status in ('ran', 'resumed', 'complete') for c in mine)} of {len(mine)} cells complete, "
+          f"{pool.loads} model load(s); table in {sweep.folder / name}", file=sys.stderr)
     print(f"[{LABEL}] {report}", file=sys.stderr)
     if error:
         run.fail(error)
@@ -673,5 +670,7 @@ def main(argv: list[str]) -> int:
         print(f"[{LABEL}] interrupted: run the same command again to continue (complete cells are skipped, the "
               "unfinished one resumes)", file=sys.stderr)
         return 130
+    # exit 1 for a cell that could not run (a folder holding other settings, a model or data that did not load); a
+    # combination the rules refuse is listed and skipped by design
     return 1 if any(c.status == "failed" or (c.status == "refused" and not c.refused) for c in mine) else 0
 
