@@ -158,13 +158,9 @@ def _cos_sin(model, layer: int, positions: torch.Tensor):
     device = next(rotary.buffers()).device
     x = torch.ones(1, device=device, dtype=torch.float32)
     pos = positions.to(device)
-    if "layer_type" in inspect.signature(rotary.forward).parameters:
-        kind = describe(model).layer_types[layer]
-        cos, sin = rotary(x, pos, kind)
-        cos0, _ = rotary(x, torch.zeros_like(pos[:1, :1]), kind)
-    else:
-        cos, sin = rotary(x, pos)
-        cos0, _ = rotary(x, torch.zeros_like(pos[:1, :1]))
+    kind = (describe(model).layer_types[layer],) if "layer_type" in inspect.signature(rotary.forward).parameters else ()
+    cos, sin = rotary(x, pos, *kind)
+    cos0, _ = rotary(x, torch.zeros_like(pos[:1, :1]), *kind)  # the attention scaling, divided out below
     return cos.float() / cos0.float(), sin.float() / cos0.float()
 
 

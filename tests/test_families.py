@@ -345,3 +345,13 @@ def test_a_base_model_run_records_its_prompt_format_and_latent_norm(tiny_model_d
 def test_every_family_of_the_matrix_has_its_row_in_the_docs():
     text = (Path(__file__).resolve().parents[1] / "docs" / "architectures.md").read_text()
     assert all(f"| {name} |" in text for name in NAMES), "regenerate the table: python tests/test_families.py"
+
+
+def test_rerotate_is_refused_in_one_line_where_the_rotary_module_cannot_be_called_per_layer(tiny_model_dir):
+    """Llama 4 returns complex frequencies; the check before the run names the reason instead of failing mid-run."""
+    from compression import CompressionError
+
+    w = _family("llama4", str(tiny_model_dir))
+    with pytest.raises(CompressionError, match="rerotate cannot work with Llama4ForCausalLM"):
+        Compressor("knorm", positions="rerotate").check(w.model)
+    Compressor("knorm", positions="original").check(w.model)
