@@ -241,7 +241,7 @@ class ModelWrapper:
     def render(self, user: str, system: str | None = DEFAULT_SYSTEM, suffix: str = "") -> str:
         """Chat-format one user turn; a plain fallback for tokenizers without a chat template (base models)."""
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
-        if getattr(self.tokenizer, "chat_template", None):
+        if self.prompt_format == "chat_template":
             text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         else:
             text = self.bos + "".join(f"{m['role'].capitalize()}: {m['content']}\n\n" for m in messages) + "Assistant:"
@@ -293,7 +293,8 @@ class ModelWrapper:
             extend(self.model, shared, input_ids=torch.tensor([ids], device=self.device))
             self._prefix_states[prefix_key] = held = (ids, shared)
         state.adopt(held[1].repeat(len(rows)))
-        rest = self.tokenizer.pad({"input_ids": [r[p:] for r in rows]}, padding=True, return_tensors="pt")
+        rest = self.tokenizer.pad({"input_ids": [r[p:] for r in rows]}, padding=True, padding_side="left",
+                                  return_tensors="pt")
         state.reserve(rest["input_ids"].shape[1] + room)
         return extend(self.model, state, input_ids=rest["input_ids"].to(self.device),
                       new_mask=rest["attention_mask"].to(self.device), want=want)
