@@ -10,7 +10,7 @@ Adding a policy = one class here + one row in registry.POLICIES (its name, this 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -239,9 +239,6 @@ class Compressor:
     def needs(self) -> tuple[str, ...]:
         """What scoring needs from the model (keys of registry.NEEDS), e.g. "attention" (a scoring pass)."""
         return POLICIES[self.policy_name].requirements(self.query)
-
-    def settings(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k != "policy"}
 
     def check(self, model) -> None:
         """Fail before the run if this model cannot give what the policy needs."""

@@ -513,8 +513,8 @@ def build_program(code: str, meta: dict) -> str:
     """The program the sandbox runs for one code item: what the solution needs before it (the task's imports or
     setup, and for HumanEval-style prompts the prompt's own imports and helpers), the solution, then the tests.
 
-    meta keys (set by data.py): tests (required), prelude, prompt_code (the function header the model was asked to
-    complete) and entry_point. A body-only answer to a HumanEval prompt is appended to the prompt's header.
+    meta keys (set by data/builders.py): tests (required), prelude, prompt_code (the function header the model was
+    asked to complete) and entry_point. A body-only answer to a HumanEval prompt is appended to the prompt's header.
     """
     entry, prompt = meta.get("entry_point"), meta.get("prompt_code")
     parts = [meta.get("prelude") or ""]

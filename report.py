@@ -29,12 +29,12 @@ from datetime import datetime
 from pathlib import Path
 
 import stats
+from config import series_defaults
 from rundir import RunDirError, read_run
 
 METHOD_COLOURS = {"baseline": "tab:grey", "text_mas": "tab:blue", "latent_mas": "tab:orange"}
 # compression settings other than the keep ratio, and their defaults (a line label names only what differs)
-SERIES_DEFAULTS = {"kv_scope": "shared", "kv_positions": "original", "compress_at": "every", "kv_query": "embed-mean",
-                   "kv_protect": "none", "kv_min_keep": 5, "include_old_prompts": False}
+SERIES_DEFAULTS = series_defaults()
 # settings that change results but not what is measured: runs of one group that differ in them are flagged
 WITHIN_GROUP = ("n", "seed", "temperature", "max_new_tokens", "prompt", "agents", "dtype", "split")
 PUBLISHED = Path(__file__).resolve().parent / "config" / "paper" / "published.yaml"
