@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import json
 import math
 import os
 import sys
@@ -40,6 +39,7 @@ from registry import (
     TOPOLOGIES,
     query_problem,
 )
+from strictfiles import clip, shown
 
 # choices the CLI offers before torch loads (compression.SCOPES and kv_state.POSITION_MODES hold the same names)
 SCOPES = ("shared", "layer", "head")
@@ -56,9 +56,9 @@ def _bounded(kind, lo=None, hi=None, lo_open=False, hi_open=False, extra_ok=()):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a valid {kind.__name__}") from None
+            raise argparse.ArgumentTypeError(f"{shown(text)} is not a valid {kind.__name__}") from None
         if isinstance(value, float) and not math.isfinite(value):  # nan passes every comparison, inf most
-            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+            raise argparse.ArgumentTypeError(f"{shown(text)} is not a finite number")
         if value in extra_ok:
             return value
         bad_lo = lo is not None and (value <= lo if lo_open else value < lo)
@@ -415,22 +415,20 @@ def parse_command_line(argv: list[str]) -> Invocation:
 
 
 def read_mapping(path: Path, label: str = "--config") -> dict:
+    """The mapping in an experiment or sweep file, read strictly (strictfiles: duplicate keys, alias expansion and
+    size are refused in one line naming the file)."""
+    import strictfiles
+
+    kind = "JSON" if path.suffix.lower() == ".json" else "YAML"
     try:
-        text = path.read_text(encoding="utf-8")
+        data = strictfiles.load(path)
     except FileNotFoundError:
         raise ConfigError(f"{label} {path}: no such file") from None
     except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{label} {path}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
-    try:
-        if path.suffix.lower() == ".json":
-            data = json.loads(text)
-        else:
-            import yaml
-
-            data = yaml.safe_load(text)
-    except Exception as e:  # json and yaml errors name their line
-        raise ConfigError(f"{label} {path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'} "
-                          f"({' '.join(str(e).split())})") from None
+        raise ConfigError(f"{label} {path}: cannot read it ({getattr(e, 'strerror', None) or clip(e)})") from None
+    except strictfiles.DocumentError as e:
+        raise ConfigError(f"{label} {path}: {e}" if str(e).startswith("not valid") else
+                          f"{label} {path}: not a usable {kind} file: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{label} {path}: give a mapping of flag names to values (method: latent_mas, ...)")
     return data
@@ -469,36 +467,37 @@ def _file_values(path: Path, key: str, name: str, value, lists: bool, label: str
 
 
 def _setting_name(path: Path, key, label: str = "--config") -> str:
-    key = str(key).removeprefix("--")
+    key = clip(key, 100).removeprefix("--")  # a key of a megabyte is named, and matched, by its start
     if key in SPELLINGS:
         return SPELLINGS[key]
     if key in ("config", "resume"):
         raise ConfigError(f"{label} {path}: {key} is not a setting; give --{key} on the command line")
     close = difflib.get_close_matches(key, list(SPELLINGS) + list(SECTIONS), n=1)
-    raise ConfigError(f"{label} {path}: unknown setting {key!r}" + (f" (did you mean {close[0]}?)" if close else "")
+    raise ConfigError(f"{label} {path}: unknown setting {shown(key)}"
+                      + (f" (did you mean {close[0]}?)" if close else "")
                       + "; keys are flag names, see python run.py --help")
 
 
 def _file_value(path: Path, key: str, name: str, value, label: str = "--config"):
     fl = FLAGS[name]
-    where = f"{label} {path}: {key}"
+    where = f"{label} {path}: {clip(key, 80)}"
     if isinstance(fl.default, bool):
         if not isinstance(value, bool):
-            raise ConfigError(f"{where}: give true or false, not {value!r}")
+            raise ConfigError(f"{where}: give true or false, not {shown(value)}")
         return (not value) if key.removeprefix("--") != name and fl.negated else value
     if value is None:
         if fl.default is None:
             return None
         raise ConfigError(f"{where}: needs a value (default: {fl.default!r})")
     if isinstance(value, (dict, list)):
-        raise ConfigError(f"{where}: give one value, not {type(value).__name__} {value!r}")
+        raise ConfigError(f"{where}: give one value, not {type(value).__name__} {shown(value)}")
     parse = fl.meta["parse"] or str
     try:
         value = parse(str(value))
     except (argparse.ArgumentTypeError, ValueError) as e:
-        raise ConfigError(f"{where}: {e}") from None
+        raise ConfigError(f"{where}: {clip(e)}") from None
     if fl.meta["choices"] and value not in fl.meta["choices"]:
-        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, fl.meta['choices']))}")
+        raise ConfigError(f"{where}: {shown(value)} is not one of {', '.join(map(str, fl.meta['choices']))}")
     return value
 
 
