@@ -6,10 +6,12 @@ realignment, latent steps and text decoding on a shared `KVState`.
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import os
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -138,6 +140,23 @@ def load_model(name: str, device: str = "auto", dtype: str = "auto", attn_implem
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     return model, tokenizer, dev
+
+
+def weights_nbytes(model) -> int:
+    """Bytes the model's parameters and buffers take (a tied weight counted once): the memory a model holds."""
+    seen, total = set(), 0
+    for t in itertools.chain(model.parameters(), model.buffers()):
+        key = (t.device, t.data_ptr())
+        if key not in seen:
+            seen.add(key)
+            total += t.nbytes
+    return total
+
+
+def model_identity(name: str) -> str:
+    """What makes two names the same model: an embedded alias or hub id as written, a local folder by its real
+    path (so a team naming a folder two ways loads it once)."""
+    return os.path.realpath(name) if os.path.isdir(name) else name
 
 
 @dataclass
@@ -379,3 +398,70 @@ class ModelWrapper:
             rows.append(torch.multinomial(probs[i].cpu() if g is not None and g.device.type == "cpu" else probs[i],
                                           1, generator=g))
         return torch.cat(rows).to(logits.device)
+
+
+# --- teams of different models ------------------------------------------------------------------------------------
+
+@dataclass
+class TeamModels:
+    """A team's models: one wrapper per distinct model (each loaded once), each agent's model, and the latent maps
+    its cross-model hand-offs use (--cross_model latent-map)."""
+
+    names: tuple[str, ...]  # per agent: its model's name (the first spelling of that model in the team)
+    wrappers: dict[str, ModelWrapper]  # per distinct model, in the order agents first use them
+    cross_model: str = "text"
+    maps: dict[tuple[str, str], object] = field(default_factory=dict)  # (sender, receiver) -> latent_map.LatentMap
+
+    def of(self, k: int) -> ModelWrapper:
+        return self.wrappers[self.names[k]]
+
+    def latent_map(self, sender: int, receiver: int):
+        return self.maps[(self.names[sender], self.names[receiver])]
+
+    def describe(self) -> list[dict]:
+        """config.json's "models": per model its agents, weights, dtype and device."""
+        out = []
+        for name, w in self.wrappers.items():
+            out.append({"name": name, "agents": [k for k, n in enumerate(self.names) if n == name],
+                        "weights_bytes": weights_nbytes(w.model), "dtype": str(w.model.dtype),
+                        "device": str(w.device), "prompt_format": w.prompt_format,
+                        "hidden_size": w.model.get_input_embeddings().weight.shape[1]})
+        return out
+
+
+def team_models(team, default: str, make: Callable[[str], ModelWrapper], flow: str, cross_model: str = "text",
+                method: str = "latent_mas", log=print):
+    """Load each distinct model of `team` once (`make(name)` loads and wraps one; agents without a `model` take
+    `default`), decide the cross-model hand-offs (teams.cross_model_plan) and build the latent maps they need.
+    Returns (TeamModels, the team as it runs, notices). `log` gets one line per model with the memory it takes."""
+    from latent_map import LatentMap, LatentMapError
+    from teams import cross_model_plan, senders
+
+    first: dict[str, str] = {}  # identity -> the first name given for it
+    wrappers: dict[str, ModelWrapper] = {}
+    names = []
+    for name in team.model_names(default):
+        ident = model_identity(resolve_model_path(name))
+        if ident not in first:
+            first[ident] = name
+            wrappers[name] = w = make(name)
+            log(f"[model] {name}: {weights_nbytes(w.model) / 2**20:.1f} MiB of weights ({str(w.model.dtype)[6:]}) on "
+                f"{w.device}")
+        names.append(first[ident])
+    names = tuple(names)
+    team, notices = cross_model_plan(team, names, flow, cross_model, method)
+    models = TeamModels(names, wrappers, cross_model)
+    if method == "latent_mas" and cross_model == "latent-map":
+        for j, k in senders(names, flow):
+            pair = (names[j], names[k])
+            if team.agents[j].mode != "latent" or pair in models.maps:
+                continue
+            try:
+                t0 = time.time()
+                models.maps[pair] = m = LatentMap.build(wrappers[pair[0]], wrappers[pair[1]])
+            except LatentMapError as e:
+                raise ModelError(f"--cross_model latent-map: agent {team.agents[j].name} ({pair[0]}) hands latents "
+                                 f"to {team.agents[k].name} ({pair[1]}), but {e}; use --cross_model text") from None
+            log(f"[model] latent map {pair[0]} -> {pair[1]}: {tuple(m.weight.shape)} over {m.vocab} shared tokens "
+                f"({time.time() - t0:.1f} s)")
+    return models, team, notices

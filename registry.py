@@ -126,6 +126,14 @@ TOPOLOGIES: dict[str, tuple[str, str]] = {
     "chain-hierarchical": ("hierarchical.json", "chain"),  # the reference code's hierarchical latent_mas
 }
 
+# --cross_model: how a latent_mas agent's work reaches an agent on another model (teams of different models).
+CROSS_MODEL: dict[str, str] = {
+    "text": "a latent agent that hands on to another model writes text instead; the receiver reads it as its own "
+            "tokens",
+    "latent-map": "the sender's latent vectors are mapped into the receiver's input-embedding space (least squares "
+                  "over the shared vocabulary; the two models must share a tokenizer)",
+}
+
 
 @dataclass(frozen=True)
 class MethodSpec:

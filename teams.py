@@ -2,13 +2,15 @@
 
     {"description": "...",
      "agents": [{"name": "Planner", "role": "planner", "prompt": "... {question} ...", "mode": "latent",
-                 "system": "You are a helpful assistant."}, ...]}
+                 "system": "You are a helpful assistant.", "model": "Qwen/Qwen3-4B"}, ...]}
 
 `prompt` is one template, or {"latent": ..., "text": ...} when latent_mas and text_mas should differ. Templates
 may use {question}, {context} (text handed on by earlier agents: text_mas only) and {answer} (the task's
 answer-format sentence); write literal braces as {{ and }}. `mode` (latent_mas): "latent" thinks in latent steps,
 "text" writes text onto the shared cache; the last agent always writes. `system` defaults to DEFAULT_SYSTEM;
-null or "" sends no system message.
+null or "" sends no system message. `model` (hub id, local folder or embedded alias; default: the run's
+--model_name) runs that agent on its own model: agents of one model share its cache; what crosses to another model is
+decided by `cross_model_plan` (text, or mapped latents with --cross_model latent-map).
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ TEAMS_DIR = Path(__file__).resolve().parent / "teams"
 PLACEHOLDERS = ("question", "context", "answer")
 FAMILIES = ("latent", "text")
 MODES = ("latent", "text")
+FIELDS = ("name", "role", "prompt", "system", "mode", "model")
 DEFAULT_SYSTEM = "You are a helpful assistant."
 
 
@@ -35,6 +38,7 @@ class AgentSpec:
     prompts: tuple[tuple[str, str], ...]  # (family, template) pairs
     system: str | None = DEFAULT_SYSTEM
     mode: str = "latent"
+    model: str | None = None  # None: the run's --model_name
 
     def template(self, family: str) -> str:
         return dict(self.prompts)[family]
@@ -49,7 +53,12 @@ class Team:
     def as_dict(self) -> dict:
         return {"source": self.source, "description": self.description,
                 "agents": [{"name": a.name, "role": a.role, "mode": a.mode, "system": a.system,
-                            "prompt": dict(a.prompts)} for a in self.agents]}
+                            "prompt": dict(a.prompts), **({"model": a.model} if a.model else {})}
+                           for a in self.agents]}
+
+    def model_names(self, default: str) -> tuple[str, ...]:
+        """Each agent's model as named (its `model`, else `default`, the run's --model_name)."""
+        return tuple(a.model or default for a in self.agents)
 
 
 def _check_template(text: object, where: str) -> str:
@@ -74,9 +83,13 @@ def _parse_agent(raw: object, i: int, n: int, source: str) -> AgentSpec:
     missing = [k for k in ("name", "prompt") if not raw.get(k)]
     if missing:
         raise TeamError(f"{where}: missing {', '.join(missing)}")
-    unknown = sorted(set(raw) - {"name", "role", "prompt", "system", "mode"})
+    unknown = sorted(set(raw) - set(FIELDS))
     if unknown:
-        raise TeamError(f"{where}: unknown field(s) {', '.join(unknown)}; allowed: name, role, prompt, system, mode")
+        raise TeamError(f"{where}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(FIELDS)}")
+    model = raw.get("model")
+    if model is not None and (not isinstance(model, str) or not model.strip()):
+        raise TeamError(f"{where}: model must be a hub id, a local model folder or an embedded alias (a non-empty "
+                        "string), or left out for the run's --model_name")
     prompt = raw["prompt"]
     if isinstance(prompt, str):
         prompts = {f: prompt for f in FAMILIES}
@@ -92,7 +105,8 @@ def _parse_agent(raw: object, i: int, n: int, source: str) -> AgentSpec:
         raise TeamError(f"{where}: the last agent writes the answer, so its mode must be text (or left out)")
     system = raw.get("system", DEFAULT_SYSTEM)
     return AgentSpec(name=str(name), role=str(raw.get("role") or name).lower(),
-                     prompts=tuple((f, prompts[f]) for f in FAMILIES), system=system or None, mode=mode)
+                     prompts=tuple((f, prompts[f]) for f in FAMILIES), system=system or None, mode=mode,
+                     model=model.strip() if model else None)
 
 
 def parse_team(data: object, source: str) -> Team:
@@ -142,3 +156,33 @@ def with_first_agent_text(team: Team) -> Team:
     from dataclasses import replace
 
     return replace(team, agents=(replace(team.agents[0], mode="text"), *team.agents[1:]))
+
+
+def senders(keys: tuple[str, ...], flow: str) -> list[tuple[int, int]]:
+    """The cross-model hand-offs of a team whose agents run on the models `keys` (one identity per agent): (sender,
+    receiver) pairs. In a chain the agent just before a change of model hands on to the agent after it (what earlier
+    agents did reaches the receiver through the sender); in a parallel team every worker on another model than the
+    last agent hands on to it."""
+    last = len(keys) - 1
+    if flow == "parallel":
+        return [(j, last) for j in range(last) if keys[j] != keys[last]]
+    return [(k - 1, k) for k in range(1, len(keys)) if keys[k - 1] != keys[k]]
+
+
+def cross_model_plan(team: Team, keys: tuple[str, ...], flow: str, cross_model: str = "text",
+                     method: str = "latent_mas") -> tuple[Team, list[str]]:
+    """latent_mas across models: the team as it runs and one notice per change. A latent sender whose receiver is on
+    another model writes text instead (its latents mean nothing to another model) unless --cross_model latent-map
+    maps them; the notice names the agent. Other methods (every agent writes) are returned unchanged."""
+    from dataclasses import replace
+
+    if method != "latent_mas" or cross_model == "latent-map":
+        return team, []
+    agents, notices = list(team.agents), []
+    for j, k in senders(keys, flow):
+        if agents[j].mode == "latent":
+            agents[j] = replace(agents[j], mode="text")
+            notices.append(f"agent {agents[j].name} hands on to {agents[k].name} on another model: it writes text "
+                           "instead of latent steps (--cross_model latent-map maps latents across models that share "
+                           "a tokenizer)")
+    return (replace(team, agents=tuple(agents)) if notices else team), notices

@@ -29,6 +29,8 @@ class MethodConfig:
     stacked_prompts: bool = field(default=False, metadata={"setting": "include_old_prompts"})  # seed: stacked
     observer: object = None  # observe.Observer (latent_mas): look() before each hand-off, record() after each agent
     team: object = None  # teams.Team; None: the shipped team of `prompt`
+    model_name: str | None = None  # the run's --model_name: what records name as an agent's model by default
+    models: object = None  # models.TeamModels (a team of several models); None: every agent on the run's wrapper
 
     @classmethod
     def from_run(cls, run, answer_type: str, **objects) -> MethodConfig:
@@ -43,6 +45,13 @@ class MethodConfig:
 
         return self.team if self.team is not None else default_team(self.prompt)
 
+    def agent_models(self, wrapper, n: int) -> tuple[list, list]:
+        """Each of `n` agents' model wrapper and model name: from `models` when the team names models, else
+        `wrapper` and --model_name for every agent."""
+        if self.models is None:
+            return [wrapper] * n, [self.model_name] * n
+        return [self.models.of(k) for k in range(n)], list(self.models.names)
+
     @property
     def flow(self) -> str:
         """"chain" or "parallel" (see registry.TOPOLOGIES)."""
@@ -56,8 +65,10 @@ def answer_for(item, cfg: MethodConfig) -> str:
 
 
 def agent_record(name: str, role: str, prompt_tokens: int, latent_steps: int, output_tokens: int,
-                 kv_in: tuple[int, int], kv_out: tuple[int, int], time_s: float, output: str | None = None) -> dict:
-    rec = {"name": name, "role": role, "prompt_tokens": prompt_tokens, "latent_steps": latent_steps,
+                 kv_in: tuple[int, int], kv_out: tuple[int, int], time_s: float, output: str | None = None,
+                 model: str | None = None) -> dict:
+    rec = {"name": name, "role": role, **({"model": model} if model else {}), "prompt_tokens": prompt_tokens,
+           "latent_steps": latent_steps,
            "output_tokens": output_tokens, "kv_tokens_in": kv_in[0], "kv_tokens_out": kv_out[0],
            "kv_bytes_in": kv_in[1], "kv_bytes_out": kv_out[1], "time_s": round(time_s, 4)}
     if output is not None:

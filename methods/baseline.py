@@ -18,6 +18,6 @@ def run_batch(wrapper, items, cfg: MethodConfig) -> list[dict]:
     records = []
     for i, it in enumerate(items):
         agent = agent_record("Solver", "solver", enc.lengths()[i], 0, len(dec.tokens[i]), (0, 0), kv_out[i], share,
-                             dec.texts[i])
+                             dec.texts[i], cfg.model_name)
         records.append(item_record(it, dec.texts[i], [agent], cfg))
     return records

@@ -12,9 +12,10 @@ from dataclasses import dataclass
 
 import torch
 
-from kv_state import KVState, concat, extend, rollback
+from kv_state import LATENT, TEXT, KVState, concat, extend, rollback
 from methods import MethodConfig, agent_record, answer_for, item_record
 from prompts import team_prompts
+from teams import senders
 from utils import item_generator, now
 
 THINK_SUFFIX = "<think>\n"
@@ -23,8 +24,9 @@ THINK_SUFFIX = "<think>\n"
 def _encode_team(wrapper, items, cfg: MethodConfig, team) -> list:
     suffix = THINK_SUFFIX if cfg.think else ""
     per_item = [team_prompts("latent", team, it.question, answer_for(it, cfg), cfg.stacked_prompts) for it in items]
-    return [wrapper.encode([wrapper.render(p[k], system=agent.system, suffix=suffix) for p in per_item])
-            for k, agent in enumerate(team.agents)]
+    wrappers, _ = cfg.agent_models(wrapper, len(team.agents))
+    return [w.encode([w.render(p[k], system=agent.system, suffix=suffix) for p in per_item])
+            for k, (agent, w) in enumerate(zip(team.agents, wrappers))]
 
 
 def _kv(state: KVState) -> list[tuple[int, int]]:
@@ -32,44 +34,105 @@ def _kv(state: KVState) -> list[tuple[int, int]]:
 
 
 def _work(wrapper, items, cfg: MethodConfig, agent, k: int, state: KVState, enc, trace: dict | None = None):
-    """One non-final agent on `state`: latent steps, or text written onto the cache. Returns the Decoded text."""
+    """One non-final agent on `state`: latent steps, or text written onto the cache. Returns (the Decoded text or
+    None, the latent vectors fed back)."""
     if agent.mode == "text":
         gens = [item_generator(cfg.seed, it.index, f"agent{k}") for it in items]
         return wrapper.generate(state, enc, cfg.max_new_tokens, cfg.temperature, cfg.top_p, gens,
-                                prefix_key=f"agent{k}")
-    wrapper.prefill_and_think(state, enc, cfg.latent_steps, trace, prefix_key=f"agent{k}")
-    return None
+                                prefix_key=f"agent{k}"), []
+    return None, wrapper.prefill_and_think(state, enc, cfg.latent_steps, trace, prefix_key=f"agent{k}")
+
+
+def _hand_over(items, cfg: MethodConfig, team, j: int, product: tuple, receiver, state: KVState,
+               latent_map=None) -> list[int]:
+    """Agent j's turn, computed on another model, replayed on the receiver's `state`: j's prompt as the receiver's
+    tokens, then what j produced: its text as the receiver's tokens, or its latent vectors mapped into the receiver's
+    input-embedding space (latent_map). Returns the entries each row gained."""
+    dec, latents = product
+    before = state.valid_tokens()
+    agent, suffix = team.agents[j], THINK_SUFFIX if cfg.think else ""
+    prompts = [team_prompts("latent", team, it.question, answer_for(it, cfg), cfg.stacked_prompts)[j] for it in items]
+    enc = receiver.encode([receiver.render(p, system=agent.system, suffix=suffix) for p in prompts])
+    text = receiver.encode(dec.texts) if dec is not None else None
+    more = text.ids.shape[1] if text is not None else len(latents)
+    receiver.prefill(state, enc, "hidden", prefix_key=f"handoff{j}", room=more)
+    if text is not None and text.ids.shape[1]:
+        extend(receiver.model, state, input_ids=text.ids, new_mask=text.mask, kind=TEXT)
+    elif dec is None and latents:
+        if latent_map is None:
+            raise ValueError(f"agent {agent.name}'s latents cannot reach another model without a latent map")
+        extend(receiver.model, state, inputs_embeds=torch.stack([latent_map(v) for v in latents], dim=1), kind=LATENT)
+    return [a - b for a, b in zip(state.valid_tokens(), before)]
 
 
 def _think(wrapper, items, cfg: MethodConfig, team, encs, compressor, observer=None):
     """Run every agent but the last and compress at hand-offs (the last agent's included). Returns the state the
-    last agent reads and, per agent, its measurements (per row)."""
+    last agent reads and, per agent, its measurements (per row).
+
+    Agents on one model share that model's cache (in a chain: one state per model). Where the next agent runs on
+    another model (teams.senders), the sender's turn is replayed on the receiver's cache first (_hand_over)."""
     n, agents = len(items), team.agents
+    wrappers, names = cfg.agent_models(wrapper, len(agents))
+    into: dict[int, list[int]] = {}
+    for j, k in senders(tuple(names), cfg.flow):
+        into.setdefault(k, []).append(j)
     kv_gens = [item_generator(cfg.seed, it.index, "kv") for it in items]
-    steps, workers = [], []
-    state = KVState.empty(n, wrapper.device)
-    if cfg.flow == "chain":  # the whole team's cache, sized once: no agent's append copies it
-        state.reserve(sum(e.ids.shape[1] for e in encs) + cfg.max_new_tokens
-                      + sum(cfg.max_new_tokens if a.mode == "text" else cfg.latent_steps for a in agents[:-1]))
+    steps, workers, products = [], [], {}
+    states = {}  # chain: model name -> the cache its agents share
+    if cfg.flow == "chain":  # each model's cache, sized once: no agent's append copies it
+        plan: dict[str, int] = {}
+        for k in range(len(agents)):  # the model's own agents' prompts and work, and the turns handed to them
+            turns = (*into.get(k, ()), k)
+            plan[names[k]] = plan.get(names[k], 0) + sum(encs[j].ids.shape[1] for j in turns) + sum(
+                cfg.max_new_tokens if agents[j].mode == "text" or j == len(agents) - 1 else cfg.latent_steps
+                for j in turns)
+        for k in range(len(agents)):
+            if names[k] not in states:
+                states[names[k]] = KVState.empty(n, wrappers[k].device)
+                states[names[k]].reserve(plan[names[k]])
     for k, agent in enumerate(agents):
-        final = k == len(agents) - 1
+        final, w = k == len(agents) - 1, wrappers[k]
+        t0 = now(w.device)
+        handoffs = []
         if cfg.flow == "parallel":
-            state = concat(workers) if final and workers else KVState.empty(n, wrapper.device)
+            state = KVState.empty(n, w.device)
+            if final and workers:
+                blocks = []
+                for j, block in enumerate(workers):
+                    if j in into.get(k, ()):
+                        block = KVState.empty(n, w.device)
+                        handoffs.append((j, _hand_over(items, cfg, team, j, products[j], w, block,
+                                                       _map(cfg, j, k))))
+                    blocks.append(block)
+                state = concat(blocks)
+        else:
+            state = states[names[k]]
+            for j in into.get(k, ()):
+                handoffs.append((j, _hand_over(items, cfg, team, j, products[j], w, state, _map(cfg, j, k))))
+        t_hand = now(w.device) - t0
         before = _kv(state)
-        look, kept, trace = (observer.look(wrapper, state, encs[k]), None, {}) if observer else (None, None, None)
-        t0 = now(wrapper.device)
+        look, kept, trace = (observer.look(w, state, encs[k]), None, {}) if observer else (None, None, None)
+        t0 = now(w.device)
         if compressor is not None and compressor.applies(k, len(agents)):
-            kept = compressor(wrapper, state, encs[k], kv_gens)
-        t_comp = now(wrapper.device) - t0
+            kept = compressor(w, state, encs[k], kv_gens)
+        t_comp = now(w.device) - t0
         after = _kv(state)
-        dec = None if final else _work(wrapper, items, cfg, agent, k, state, encs[k], trace)
+        dec, latents = (None, []) if final else _work(w, items, cfg, agent, k, state, encs[k], trace)
+        products[k] = (dec, latents)
         if cfg.flow == "parallel" and not final:
             workers.append(state)
         steps.append({"before": before, "in": after, "compress_s": t_comp / n, "dec": dec,
-                      "think_s": (now(wrapper.device) - t0 - t_comp) / n, "out": _kv(state)})
+                      "think_s": (now(w.device) - t0 - t_comp) / n, "out": _kv(state), "handoff_s": t_hand / n,
+                      "handoffs": handoffs})
         if observer:  # outside the timed region: heatmap of the hand-off, latents of the agent (observe.py)
             observer.record(items, agents, k, look, kept, trace)
     return state, steps
+
+
+def _map(cfg: MethodConfig, sender: int, receiver: int):
+    """The latent map of a latent sender's hand-off to another model (None for a text sender)."""
+    models = cfg.models
+    return models.maps.get((models.names[sender], models.names[receiver])) if models is not None else None
 
 
 def _teacher_forced_logprobs(wrapper, state: KVState, enc, tokens: list[list[int]]) -> torch.Tensor:
@@ -100,6 +163,7 @@ def reference(wrapper, items, cfg: MethodConfig, encs=None) -> Reference:
     team = cfg.get_team()
     encs = encs or _encode_team(wrapper, items, cfg, team)
     state, _ = _think(wrapper, items, cfg, team, encs, None)
+    wrapper = cfg.agent_models(wrapper, len(team.agents))[0][-1]  # the judger's model
     with rollback(state):
         ref = wrapper.generate(state, encs[-1], cfg.max_new_tokens, temperature=0.0)
     tokens = [t or [wrapper.tokenizer.pad_token_id] for t in ref.tokens]
@@ -127,30 +191,43 @@ def run_batch(wrapper, items, cfg: MethodConfig, ref: Reference | None = None) -
     n = len(items)
     encs = _encode_team(wrapper, items, cfg, team)
     state, steps = _think(wrapper, items, cfg, team, encs, cfg.compressor, cfg.observer)
+    wrappers, names = cfg.agent_models(wrapper, len(team.agents))
+    judger, last = wrappers[-1], len(team.agents) - 1
     fidelity = None
     if cfg.fidelity or ref is not None:
-        fidelity = _fidelity(wrapper, ref or reference(wrapper, items, cfg, encs), state, encs[-1])
-    t0 = now(wrapper.device)
-    steps[-1]["dec"] = wrapper.generate(state, encs[-1], cfg.max_new_tokens, cfg.temperature, cfg.top_p,
-                                        [item_generator(cfg.seed, it.index) for it in items])
-    steps[-1]["think_s"] = (now(wrapper.device) - t0) / n
+        fidelity = _fidelity(judger, ref or reference(wrapper, items, cfg, encs), state, encs[-1])
+    t0 = now(judger.device)
+    steps[-1]["dec"] = judger.generate(state, encs[-1], cfg.max_new_tokens, cfg.temperature, cfg.top_p,
+                                       [item_generator(cfg.seed, it.index) for it in items])
+    steps[-1]["think_s"] = (now(judger.device) - t0) / n
     steps[-1]["out"] = _kv(state)
     final_text = steps[-1]["dec"].texts
 
     records = []
     for i, it in enumerate(items):
-        agents, added = [], 0  # entries earlier agents added: what an agent would get with no compression
+        # entries each model's cache would hold with no compression: what its earlier agents and hand-offs added
+        agents, added = [], {}
         for k, agent in enumerate(team.agents):
             s, dec = steps[k], steps[k]["dec"]
             latent = dec is None
-            full = added if cfg.flow == "chain" or k == len(team.agents) - 1 else 0
+            handed = sum(h[1][i] for h in s["handoffs"])
+            if cfg.flow == "chain":
+                full = added.get(names[k], 0) + handed
+            else:  # the workers start empty; the last agent reads its own model's workers' blocks and the hand-offs
+                full = handed + (sum(steps[j]["out"][i][0] for j in range(last) if names[j] == names[k])
+                                 if k == last else 0)
             rec = agent_record(agent.name, agent.role, encs[k].lengths()[i], cfg.latent_steps if latent else 0,
                                0 if latent else len(dec.tokens[i]), s["in"][i], s["out"][i],
-                               s["compress_s"] + s["think_s"], None if latent else dec.texts[i])
+                               s["compress_s"] + s["think_s"] + s["handoff_s"], None if latent else dec.texts[i],
+                               names[k])
+            if s["handoffs"]:
+                rec["handoffs"] = [{"from": team.agents[j].name, "model": names[j],
+                                    "as": "text" if steps[j]["dec"] is not None else "latent-map",
+                                    "kv_tokens": entries[i]} for j, entries in s["handoffs"]]
             if cfg.compressor is not None:
                 rec.update(kv_tokens_full=full, kv_tokens_before=s["before"][i][0],
                            kv_bytes_before=s["before"][i][1], compress_time_s=round(s["compress_s"], 4))
-            added += s["out"][i][0] - s["in"][i][0]
+            added[names[k]] = full + s["out"][i][0] - s["in"][i][0]
             agents.append(rec)
         record = item_record(it, final_text[i], agents, cfg)
         if cfg.compressor is not None:

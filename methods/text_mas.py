@@ -1,5 +1,6 @@
 """TextMAS: every agent writes text. In a chain each agent reads all earlier agents' text; in a parallel team the
-workers answer alone and only the last agent reads them."""
+workers answer alone and only the last agent reads them. Each agent runs on its own model (a team file's `model`):
+text crosses models as it is."""
 from __future__ import annotations
 
 from kv_state import KVState
@@ -15,22 +16,24 @@ def run_batch(wrapper, items, cfg: MethodConfig) -> list[dict]:
     contexts = [""] * n
     agents: list[list[dict]] = [[] for _ in range(n)]
     texts = [""] * n
+    wrappers, names = cfg.agent_models(wrapper, len(team.agents))
     for k, agent in enumerate(team.agents):
+        w = wrappers[k]
         final = k == len(team.agents) - 1
         sees_context = final or cfg.flow == "chain"
         prompts = [agent_prompt(agent, "text", it.question, answer_for(it, cfg),
-                                wrapper.truncate_tokens(contexts[i], cfg.text_mas_context_length)
+                                w.truncate_tokens(contexts[i], cfg.text_mas_context_length)
                                 if sees_context else "")
                    for i, it in enumerate(items)]
-        enc = wrapper.encode([wrapper.render(p, system=agent.system) for p in prompts])
-        state = KVState.empty(n, wrapper.device)
-        t0 = now(wrapper.device)
-        dec = wrapper.generate(state, enc, cfg.max_new_tokens, cfg.temperature, cfg.top_p, gens, prefix_key=f"text{k}")
-        share = (now(wrapper.device) - t0) / n
+        enc = w.encode([w.render(p, system=agent.system) for p in prompts])
+        state = KVState.empty(n, w.device)
+        t0 = now(w.device)
+        dec = w.generate(state, enc, cfg.max_new_tokens, cfg.temperature, cfg.top_p, gens, prefix_key=f"text{k}")
+        share = (now(w.device) - t0) / n
         kv_out = list(zip(state.valid_tokens(), state.row_nbytes()))
         for i in range(n):
             agents[i].append(agent_record(agent.name, agent.role, enc.lengths()[i], 0, len(dec.tokens[i]), (0, 0),
-                                          kv_out[i], share, dec.texts[i]))
+                                          kv_out[i], share, dec.texts[i], names[k]))
             if not final:
                 contexts[i] += f"[{agent.name}]:\n{dec.texts[i]}\n\n"
         texts = dec.texts

@@ -21,7 +21,7 @@ WORDS = ("plan critic refine judge answer question number apples oranges box tot
          "dollars step reason latent cache agent team solve first then the a of and is are how many what if").split()
 
 
-def _train_tokenizer(folder: Path):
+def _train_tokenizer(folder: Path, vocab_size: int = 400):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -36,7 +36,7 @@ def _train_tokenizer(folder: Path):
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    tok.train_from_iterator(sentences, trainers.BpeTrainer(vocab_size=400, special_tokens=special,
+    tok.train_from_iterator(sentences, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special,
                                                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
                                    pad_token="<|endoftext|>", padding_side="left")

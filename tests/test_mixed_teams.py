@@ -1,0 +1,253 @@
+"""Teams of different models: a `model` per agent, each distinct model loaded once, KV hand-offs within a model,
+text or mapped latents across models (latent_map.py), records and summaries per model."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from data import Item
+from latent_map import LatentMap, LatentMapError
+from methods import MethodConfig, answer_for, get_method
+from models import ModelError, ModelWrapper, load_model, team_models
+from prompts import team_prompts
+from teams import TeamError, cross_model_plan, parse_team, senders
+from tests.conftest import _train_tokenizer
+
+QUESTIONS = ["How many apples are left if each day the team sells 3 of 17?", "What is the total?",
+             "If she sells 9 eggs each day for 2 dollars each, how many dollars is that?"]
+
+
+def _items(n=1):
+    return [Item(i, q, "1", {}) for i, q in enumerate(QUESTIONS[:n])]
+
+
+def _team(models, modes=None):
+    """A chain whose agent k runs on models[k] (None: the run's model); the last agent writes."""
+    n = len(models)
+    agents = [{"name": f"A{k}", "prompt": f"Agent {k}: think about {{question}}"} for k in range(n - 1)]
+    agents.append({"name": "Final", "prompt": "Answer {question}\n{context}\n{answer}"})
+    for k, m in enumerate(models):
+        if m is not None:
+            agents[k]["model"] = str(m)
+    for k, mode in (modes or {}).items():
+        agents[k]["mode"] = mode
+    return parse_team({"agents": agents}, "test")
+
+
+def _save_llama(folder, tok_folder, hidden=48, seed=1):
+    """A tiny random Llama (another family and width) with the tokenizer saved in `tok_folder`."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    for f in tok_folder.iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens", "chat_template")):
+            shutil.copy(f, folder / f.name)
+    tok = AutoTokenizer.from_pretrained(folder)
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                      eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id, pad_token_id=tok.pad_token_id)
+    LlamaForCausalLM(cfg).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def dirs(tiny_model_dir, tmp_path_factory):
+    """Folders: the tiny Qwen3 ("a"), a copy of it under another path ("a_copy": the same weights as a second
+    model), a tiny Llama sharing its tokenizer ("b"), and a tiny Llama with a tokenizer of its own ("c")."""
+    root = tmp_path_factory.mktemp("mixed")
+    a_copy = root / "a_copy"
+    shutil.copytree(tiny_model_dir, a_copy)
+    b = _save_llama((root / "b").resolve(), tiny_model_dir) if (root / "b").mkdir() is None else None
+    (root / "c_tok").mkdir()
+    _train_tokenizer(root / "c_tok", vocab_size=300)
+    (root / "c").mkdir()
+    c = _save_llama(root / "c", root / "c_tok", hidden=32, seed=2)
+    return {"a": str(tiny_model_dir), "a_copy": str(a_copy), "b": str(b), "c": str(c)}
+
+
+@pytest.fixture(scope="module")
+def loaded(dirs):
+    return {k: load_model(v, device="cpu", dtype="float32") for k, v in dirs.items()}
+
+
+def _cfg(team=None, **kw):
+    base = dict(answer_type="number", max_new_tokens=6, temperature=0.0, top_p=1.0, seed=0, latent_steps=2)
+    base.update(kw)
+    return MethodConfig(team=team, **base)
+
+
+def _models(team, dirs, loaded, default="a", flow="chain", cross_model="text", method="latent_mas", log=None):
+    """team_models over the preloaded models; returns (TeamModels, team as it runs, notices, loads)."""
+    by_path = {v: k for k, v in dirs.items()}
+    loads = []
+
+    def make(name):
+        loads.append(name)
+        return ModelWrapper(*loaded[by_path[name]], realign=False)
+    models, team, notices = team_models(team, dirs[default], make, flow, cross_model, method,
+                                        log=log or (lambda _: None))
+    return models, team, notices, loads
+
+
+def _strip(records):
+    return [dict(r, time_s=0, agents=[dict(a, time_s=0) for a in r["agents"]]) for r in records]
+
+
+# --- team files and the hand-off plan ---------------------------------------------------------------------------
+
+def test_model_field_is_parsed_saved_and_checked():
+    team = _team(["org/planner", None])
+    assert team.agents[0].model == "org/planner" and team.agents[1].model is None
+    assert team.model_names("dflt") == ("org/planner", "dflt")
+    saved = team.as_dict()
+    assert saved["agents"][0]["model"] == "org/planner" and "model" not in saved["agents"][1]
+    assert parse_team(saved, "saved") == parse_team(saved, "saved") and parse_team(saved, "s").agents == team.agents
+    for bad in ("", 3, ["a"]):
+        with pytest.raises(TeamError, match="model must be"):
+            parse_team({"agents": [{"name": "A", "prompt": "{question}", "model": bad}]}, "f")
+
+
+def test_senders_and_the_text_switch():
+    assert senders(("a", "a", "b", "a"), "chain") == [(1, 2), (2, 3)]
+    assert senders(("a", "b", "a", "a"), "parallel") == [(1, 3)]
+    assert senders(("a",) * 4, "chain") == [] == senders(("a",) * 4, "parallel")
+    team = _team(["x", "x", "y", "y"])
+    run, notices = cross_model_plan(team, ("x", "x", "y", "y"), "chain")
+    assert [a.mode for a in run.agents] == ["latent", "text", "latent", "text"]
+    assert len(notices) == 1 and "A1" in notices[0] and "writes text" in notices[0]
+    for kw in ({"cross_model": "latent-map"}, {"method": "text_mas"}):
+        assert cross_model_plan(team, ("x", "x", "y", "y"), "chain", **kw) == (team, [])
+    written = _team(["x", "x", "y", "y"], {1: "text"})
+    assert cross_model_plan(written, ("x", "x", "y", "y"), "chain") == (written, [])
+
+
+def test_each_distinct_model_loads_once_and_its_memory_is_shown(dirs, loaded):
+    lines = []
+    team = _team([dirs["b"], None, dirs["b"], dirs["a_copy"]])
+    models, _, _, loads = _models(team, dirs, loaded, log=lines.append)
+    assert loads == [dirs["b"], dirs["a"], dirs["a_copy"]]  # b once though two agents name it
+    assert models.names == (dirs["b"], dirs["a"], dirs["b"], dirs["a_copy"])
+    assert models.of(0) is models.of(2) and models.of(1) is not models.of(3)
+    a_bytes = sum(p.nbytes for p in loaded["a"][0].parameters())
+    assert any(f"{a_bytes / 2**20:.1f} MiB of weights" in ln and dirs["a"] in ln for ln in lines)
+    assert [m["agents"] for m in models.describe()] == [[0, 2], [1], [3]]
+
+
+# --- the latent map ----------------------------------------------------------------------------------------------
+
+def test_a_map_between_a_model_and_itself_is_the_identity(loaded):
+    w = ModelWrapper(*loaded["a"])
+    m = LatentMap.build(w, w)
+    assert torch.allclose(m.weight, torch.eye(m.weight.shape[0]), atol=2e-3)
+    ids = torch.arange(1, m.vocab)  # token 0 is the padding row, all zeros: no direction to agree on
+    assert m.nearest_token_agreement(w.model, w.model, ids) == 1.0
+    v = w.realigner(torch.randn(3, w.model.config.hidden_size))
+    assert torch.allclose(m(v), v, atol=1e-3 * v.norm(dim=-1).max().item())
+
+
+def test_a_map_recovers_a_rotated_and_rescaled_copy(loaded, dirs):
+    w = ModelWrapper(*loaded["a"])
+    other = load_model(dirs["a_copy"], device="cpu", dtype="float32")[0]
+    emb = other.get_input_embeddings().weight
+    q, _ = torch.linalg.qr(torch.randn(emb.shape[1], emb.shape[1], generator=torch.Generator().manual_seed(0)))
+    with torch.no_grad():
+        emb.copy_(3.0 * emb @ q + 0.5)
+    m = LatentMap.build(w, ModelWrapper(other, w.tokenizer, w.device))
+    ids = torch.arange(1, m.vocab)
+    assert m.nearest_token_agreement(w.model, other, ids) == 1.0
+    src = w.model.get_input_embeddings().weight[:5]
+    target = torch.nn.functional.normalize(emb[:5].detach(), dim=-1)
+    assert torch.allclose(torch.nn.functional.normalize(m(src), dim=-1), target, atol=1e-3)
+
+
+def test_maps_join_different_widths_and_refuse_different_tokenizers(loaded):
+    a, b, c = (ModelWrapper(*loaded[k]) for k in "abc")
+    m = LatentMap.build(a, b)
+    assert tuple(m.weight.shape) == (64, 48)
+    out = m(a.realigner(torch.randn(2, 64)))
+    assert out.shape == (2, 48) and torch.allclose(out.norm(dim=-1), torch.full((2,), m.target_norm), rtol=1e-4)
+    with pytest.raises(LatentMapError, match="tokenizers differ"):
+        LatentMap.build(a, c)
+
+
+def test_latent_map_across_tokenizers_is_refused_with_the_agents(dirs, loaded):
+    with pytest.raises(ModelError, match=r"A0 .* hands latents to Final .* use --cross_model text"):
+        _models(_team([None, dirs["c"]]), dirs, loaded, cross_model="latent-map")
+
+
+# --- running mixed teams -----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", ["latent_mas", "text_mas"])
+def test_naming_the_default_model_on_every_agent_equals_the_default_team(method, dirs, loaded):
+    w = ModelWrapper(*loaded["a"], realign=False)
+    plain = _team([None] * 3)
+    named = _team([dirs["a"]] * 3)
+    models, named, notices, loads = _models(named, dirs, loaded)
+    assert loads == [dirs["a"]] and notices == []
+    run = get_method(method)
+    want = run(w, _items(2), _cfg(plain, model_name=dirs["a"]))
+    got = run(w, _items(2), _cfg(named, model_name=dirs["a"], models=models))
+    assert _strip(got) == _strip(want)
+    assert all(a["model"] == dirs["a"] for r in got for a in r["agents"])
+
+
+def test_a_text_hand_off_replays_the_sender_turn_on_the_receiver(dirs, loaded):
+    models, team, notices, _ = _models(_team([None, None, dirs["b"]], {1: "text"}), dirs, loaded)
+    assert notices == []
+    a, b = models.of(0), models.of(2)
+    rec = get_method("latent_mas")(a, _items(), _cfg(team, models=models))[0]
+    plan, critic, judger = rec["agents"]
+    assert [x["model"] for x in rec["agents"]] == [dirs["a"], dirs["a"], dirs["b"]]
+    assert critic["kv_tokens_in"] == plan["kv_tokens_out"]  # same model: the KV is handed on
+    (h,) = judger["handoffs"]
+    prompt = team_prompts("latent", team, _items()[0].question, answer_for(_items()[0], _cfg()))[1]
+    turn = b.count_tokens(b.render(prompt)) + len(b.tokenizer(critic["output"], add_special_tokens=False)["input_ids"])
+    assert h == {"from": "A1", "model": dirs["a"], "as": "text", "kv_tokens": turn}
+    assert judger["kv_tokens_in"] == turn  # the receiver's cache holds the hand-off only: its first agent
+    assert judger["kv_tokens_out"] == turn + judger["prompt_tokens"] + judger["output_tokens"] - 1
+
+
+def test_a_latent_sender_before_another_model_writes_text(dirs, loaded):
+    models, team, notices, _ = _models(_team([None, dirs["b"]]), dirs, loaded)
+    assert team.agents[0].mode == "text" and len(notices) == 1
+    rec = get_method("latent_mas")(models.of(0), _items(), _cfg(team, models=models))[0]
+    assert rec["agents"][0]["output_tokens"] > 0 and rec["agents"][1]["handoffs"][0]["as"] == "text"
+
+
+def test_latent_map_prefills_mapped_latents(dirs, loaded):
+    models, team, notices, _ = _models(_team([None, None, dirs["b"]]), dirs, loaded, cross_model="latent-map")
+    assert notices == [] and list(models.maps) == [(dirs["a"], dirs["b"])]
+    rec = get_method("latent_mas")(models.of(0), _items(), _cfg(team, models=models, latent_steps=3))[0]
+    critic, judger = rec["agents"][1:]
+    (h,) = judger["handoffs"]
+    assert h["as"] == "latent-map" and h["kv_tokens"] == critic["prompt_tokens"] + 3  # same tokenizer, same prompt
+    assert judger["kv_tokens_in"] == h["kv_tokens"]
+
+
+def test_a_latent_map_between_copies_of_one_model_gives_the_one_model_team(dirs, loaded):
+    """The map between a model and its copy is the identity up to the ridge term: handing latents to the copy
+    gives the judger the cache the one-model team's judger reads, so the greedy outputs agree."""
+    w = ModelWrapper(*loaded["a"], realign=False)
+    one = get_method("latent_mas")(w, _items(3), _cfg(_team([None, None])))
+    models, team, _, _ = _models(_team([None, dirs["a_copy"]]), dirs, loaded, cross_model="latent-map")
+    two = get_method("latent_mas")(w, _items(3), _cfg(team, models=models))
+    assert [r["output"] for r in two] == [r["output"] for r in one]
+    assert [r["agents"][1]["kv_tokens_in"] for r in two] == [r["agents"][1]["kv_tokens_in"] for r in one]
+
+
+@pytest.mark.parametrize("case", ["text", "latent-map", "parallel", "text_mas", "other-tokenizer"])
+def test_mixed_teams_batched_equal_one_by_one(case, dirs, loaded):
+    other = dirs["c"] if case == "other-tokenizer" else dirs["b"]
+    team = _team([None, other, None, other])
+    flow = "parallel" if case == "parallel" else "chain"
+    method = "text_mas" if case == "text_mas" else "latent_mas"
+    models, team, _, _ = _models(team, dirs, loaded, flow=flow, method=method,
+                                 cross_model="latent-map" if case in ("latent-map", "parallel") else "text")
+    cfg = _cfg(team, models=models, prompt="hierarchical" if flow == "parallel" else "sequential")
+    run = get_method(method)
+    items = _items(3)
+    batched = run(models.of(0), items, cfg)
+    assert _strip(batched) == _strip([run(models.of(0), [it], cfg)[0] for it in items])
+    assert any("handoffs" in a for a in batched[0]["agents"]) == (method == "latent_mas")
