@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from registry import (
+    CROSS_MODEL,
     DATA_SOURCES,
     DEFAULT_MODEL,
     EMBEDDED_MODELS,
@@ -103,7 +104,12 @@ class TeamConfig:
 class ModelConfig:
     TITLE: ClassVar[str] = "model"
     model_name: str = setting(DEFAULT_MODEL, "hub id, local HF folder, or embedded alias "
-                              f"({', '.join(EMBEDDED_MODELS)}; works offline)")
+                              f"({', '.join(EMBEDDED_MODELS)}; works offline); a team file's agents may name "
+                              "their own (`model`)")
+    cross_model: str = setting("text", "latent_mas, a team of several models: how an agent's work reaches an agent "
+                               "on another model. text: a latent sender writes text instead; latent-map: its latent "
+                               "vectors are mapped into the receiver's input-embedding space (models sharing a "
+                               "tokenizer)", choices=tuple(CROSS_MODEL))
     prefix_reuse: bool = setting(True, "prefill each prompt whole instead of prefilling the template text that all "
                                  "items' prompts share once and copying it into each row (reuse is on by default; "
                                  "outputs agree up to float rounding)", flag="no_prefix_reuse")
@@ -543,9 +549,9 @@ def check(cfg: RunConfig, given: dict) -> list[str]:
     Refused: the cache's settings (--kv_policy, --fidelity, --show_heatmaps, --save_embeddings, --first_agent_text,
     --think, --latent_space_realign, --include_old_prompts) for a method other than latent_mas, --agents for
     baseline, compression knobs without a policy, --knn_strategy without --knn_filter, --kv_query with a policy that
-    takes no query. Warned: --latent_steps for baseline / text_mas and --text_mas_context_length for other methods
-    (scripts loop over methods with one set of flags), --prompt for baseline, the code-sandbox flags on a task that
-    is not code."""
+    takes no query. Warned: --latent_steps and --cross_model for baseline / text_mas and --text_mas_context_length
+    for other methods (scripts loop over methods with one set of flags), --prompt for baseline, the code-sandbox
+    flags on a task that is not code."""
     m, c = cfg.method, cfg.compression
 
     def given_(name: str) -> bool:
@@ -579,6 +585,8 @@ def check(cfg: RunConfig, given: dict) -> list[str]:
     warnings = []
     if m != "latent_mas" and given_("latent_steps"):
         warnings.append(f"--latent_steps does nothing for --method {m} (latent_mas only); ignored")
+    if m != "latent_mas" and given_("cross_model"):
+        warnings.append(f"--cross_model does nothing for --method {m} (latent_mas teams of several models); ignored")
     if m != "text_mas" and given_("text_mas_context_length"):
         warnings.append(f"--text_mas_context_length does nothing for --method {m} (text_mas only); ignored")
     if m == "baseline" and given_("prompt"):

@@ -517,7 +517,28 @@ def summarize(records: list[dict], settings, data_info: dict, expected_n: int) -
         "kv_tokens_judger_mean": _mean([a["kv_tokens_in"] for a in judger]),
         "kv_bytes_judger_mean": _mean([a["kv_bytes_in"] for a in judger]),
         **_compression_means(records, judger),
+        "models": per_model(records),
     }
+
+
+def per_model(records: list[dict]) -> dict:
+    """summary.json's "models": per model the records name (each agent's `model`), its agents and, meaned over
+    items, the time its agents took (`time_s`, per item as in the records) and the most KV one of them held
+    (kv_bytes_out: in latent_mas a model's agents share its cache, so this is that cache at its largest; in text_mas
+    the largest single agent's)."""
+    rows: dict[str, dict] = {}
+    for r in records:
+        seen: dict[str, list[dict]] = {}
+        for a in r["agents"]:
+            if a.get("model"):
+                seen.setdefault(a["model"], []).append(a)
+        for m, agents in seen.items():
+            row = rows.setdefault(m, {"agents": [a["name"] for a in agents], "time": [], "bytes": [], "tokens": []})
+            row["time"].append(sum(a["time_s"] for a in agents))
+            row["bytes"].append(max(a["kv_bytes_out"] for a in agents))
+            row["tokens"].append(max(a["kv_tokens_out"] for a in agents))
+    return {m: {"agents": row["agents"], "time_s": _mean(row["time"]), "kv_bytes_max_mean": _mean(row["bytes"]),
+                "kv_tokens_max_mean": _mean(row["tokens"])} for m, row in rows.items()}
 
 
 def _compression_means(records: list[dict], judger: list[dict]) -> dict:

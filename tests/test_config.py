@@ -91,7 +91,7 @@ def test_method_config_takes_the_run_settings_by_name():
     assert (m.latent_steps, m.think, m.stacked_prompts, m.fidelity, m.prompt) == (2, True, True, True, "hierarchical")
     assert (m.eval_workers, m.code_timeout_s, m.code_memory_mb, m.compressor, m.team) == (2, 4.0, 256, "C", "T")
     settings = {f.metadata.get("setting", f.name) for f in fields(MethodConfig)}
-    assert settings - {"answer_type", "compressor", "observer", "team"} <= set(FLAGS)
+    assert settings - {"answer_type", "compressor", "observer", "team", "models"} <= set(FLAGS)
 
 
 # --- experiment files ------------------------------------------------------------------------------------------------

@@ -251,3 +251,25 @@ def test_mixed_teams_batched_equal_one_by_one(case, dirs, loaded):
     batched = run(models.of(0), items, cfg)
     assert _strip(batched) == _strip([run(models.of(0), [it], cfg)[0] for it in items])
     assert any("handoffs" in a for a in batched[0]["agents"]) == (method == "latent_mas")
+
+
+def test_the_summary_gives_time_and_kv_per_model(dirs, loaded):
+    from rundir import per_model
+
+    models, team, _, _ = _models(_team([None, None, dirs["b"]]), dirs, loaded)
+    recs = get_method("latent_mas")(models.of(0), _items(2), _cfg(team, models=models))
+    got = per_model(recs)
+    assert list(got) == [dirs["a"], dirs["b"]] and got[dirs["a"]]["agents"] == ["A0", "A1"]
+    for m, agents in ((dirs["a"], slice(0, 2)), (dirs["b"], slice(2, 3))):
+        times = [sum(a["time_s"] for a in r["agents"][agents]) for r in recs]
+        assert got[m]["time_s"] == pytest.approx(sum(times) / 2, abs=1e-4)
+        assert got[m]["kv_bytes_max_mean"] == sum(max(a["kv_bytes_out"] for a in r["agents"][agents])
+                                                  for r in recs) / 2
+    assert got[dirs["a"]]["kv_bytes_max_mean"] > 0 and got[dirs["b"]]["kv_tokens_max_mean"] > 0
+
+
+def test_cross_model_is_a_warning_outside_latent_mas():
+    from config import RunConfig, check
+
+    cfg = RunConfig().updated({"method": "text_mas", "cross_model": "latent-map"})
+    assert any("--cross_model does nothing for --method text_mas" in w for w in check(cfg, {"cross_model": 1}))
