@@ -63,21 +63,24 @@ class LatentMap:
 
     @classmethod
     @torch.no_grad()
-    def build(cls, sender, receiver, lam: float = 1e-4) -> LatentMap:
+    def build(cls, sender, receiver, lam: float = 1e-4, fit_ids: torch.Tensor | None = None) -> LatentMap:
         """`sender`, `receiver`: models.ModelWrapper. Solved once, on the receiver's input-embedding device; `lam`
-        is relative to the mean eigenvalue of the sender's Gram matrix, so it means the same at every scale."""
+        is relative to the mean eigenvalue of the sender's Gram matrix, so it means the same at every scale.
+        `fit_ids`: fit on these tokens only (to measure the map on the others); default every shared token."""
         n = shared_vocabulary(sender.tokenizer, receiver.tokenizer)
         n = min(n, sender.model.get_input_embeddings().weight.shape[0],
                 receiver.model.get_input_embeddings().weight.shape[0])
         dev = receiver.device
         x = input_embeddings(sender.model, n, dev)
         y = input_embeddings(receiver.model, n, dev)
+        norm = y.norm(dim=-1).mean().item()
+        if fit_ids is not None:
+            x, y = x[fit_ids.to(dev)], y[fit_ids.to(dev)]
         mu_x, mu_y = x.mean(0), y.mean(0)
         x, y = x - mu_x, y - mu_y
         gram = x.T @ x
         ridge = lam * gram.diagonal().mean()
         weight = torch.linalg.solve(gram + ridge * torch.eye(gram.shape[0], device=dev), x.T @ y)
-        norm = (y + mu_y).norm(dim=-1).mean().item()
         if receiver.realigner is not None:  # the norm the receiver's own latents take
             norm = receiver.realigner.target_norm
         return cls(weight, mu_x, mu_y, norm, receiver.model.dtype, n)

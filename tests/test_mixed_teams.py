@@ -273,3 +273,18 @@ def test_cross_model_is_a_warning_outside_latent_mas():
 
     cfg = RunConfig().updated({"method": "text_mas", "cross_model": "latent-map"})
     assert any("--cross_model does nothing for --method text_mas" in w for w in check(cfg, {"cross_model": 1}))
+
+
+def test_the_map_bench_measures_on_held_out_tokens(loaded):
+    import importlib.util
+
+    from tests.conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("bench_latent_map", ROOT / "bench" / "latent_map.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    a, b = ModelWrapper(*loaded["a"]), ModelWrapper(*loaded["b"])
+    self_map, other = bench.measure(a, a, held_out=0.25), bench.measure(a, b, held_out=0.25)
+    assert self_map["test_tokens"] == 99 and self_map["fit_tokens"] == 300  # the all-zero padding row left out
+    assert self_map["r2_held_out"] > 0.999 and self_map["agreement_held_out"] == 1.0
+    assert other["r2_held_out"] < 0.5 and other["shape"] == [64, 48]  # two random models: little to map
