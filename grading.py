@@ -23,6 +23,8 @@ import textwrap
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 
+from code_eval import TESTS_MARK
+
 __all__ = ["ANSWER_TYPES", "LETTERS", "build_program", "extract_answer", "extract_code", "find_boxes", "grade_code",
            "is_correct", "normalize_letter", "normalize_number", "normalize_option"]
 
@@ -515,6 +517,7 @@ def build_program(code: str, meta: dict) -> str:
 
     meta keys (set by data/builders.py): tests (required), prelude, prompt_code (the function header the model was
     asked to complete) and entry_point. A body-only answer to a HumanEval prompt is appended to the prompt's header.
+    The tests follow a TESTS_MARK line naming the entry point: the sandbox runs them with pristine builtins.
     """
     entry, prompt = meta.get("entry_point"), meta.get("prompt_code")
     parts = [meta.get("prelude") or ""]
@@ -526,7 +529,7 @@ def build_program(code: str, meta: dict) -> str:
             m = re.search(rf"^def\s+{re.escape(entry)}\s*\(", prompt, re.MULTILINE)
             parts.append(prompt[:m.start()] if m else "")
         parts.append(code)
-    parts.append(meta["tests"])
+    parts.append(f"{TESTS_MARK} {entry or ''}".rstrip() + "\n" + meta["tests"].strip("\n"))
     return "\n\n".join(p.strip("\n") for p in parts if p.strip()) + "\n"
 
 

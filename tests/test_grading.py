@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 
+from code_eval import TESTS_MARK
 from grading import (
     build_program,
     extract_answer,
@@ -361,4 +362,4 @@ def test_build_program_humaneval_layouts() -> None:
 
 def test_build_program_mbpp_layout() -> None:
     meta = {"entry_point": "add", "prelude": "import math", "tests": "assert add(1, 2) == 3"}
-    assert build_program(CODE, meta) == f"import math\n\n{CODE}\n\nassert add(1, 2) == 3\n"
+    assert build_program(CODE, meta) == f"import math\n\n{CODE}\n\n{TESTS_MARK} add\nassert add(1, 2) == 3\n"

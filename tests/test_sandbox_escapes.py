@@ -18,6 +18,7 @@ import pytest
 
 import code_eval
 from code_eval import ExecResult, evaluate_many, run_program
+from sandbox import mounts, seccomp
 
 TIMEOUT_S, MEMORY_MB = 5.0, 256
 X86_64 = platform.machine() == "x86_64"
@@ -35,7 +36,7 @@ _WHO = "import os\nprint(os.stat('/proc/self/ns/pid').st_ino, os.getpid(), flush
 
 def _programs(ctx: dict) -> dict[str, str]:
     harness, victim_pid, port = ctx["harness"], ctx["victim_pid"], ctx["port"]
-    denied = {n: code_eval.SYSCALL_NR.get(platform.machine(), {}).get(n) for n in code_eval._DENIED}
+    denied = {n: seccomp.SYSCALL_NR.get(platform.machine(), {}).get(n) for n in seccomp.DENIED}
     return {
         "probe": _WHO + "print(open('/proc/self/status').read())",
         "i386_fork": _WHO + _I386_CALL.format(nr=2),  # i386 fork: the measured escape left a child running
@@ -422,14 +423,14 @@ def test_syscall_numbers_match_the_kernel_headers(arch: str, header: str) -> Non
     if not os.path.exists(header):
         pytest.skip(f"{header} is not installed (linux-libc-dev)")
     known = _header_numbers(header)
-    table = code_eval.SYSCALL_NR[arch]
+    table = seccomp.SYSCALL_NR[arch]
     assert {n: nr for n, nr in table.items() if known.get(n) != nr} == {}
 
 
-@pytest.mark.parametrize("arch", sorted(code_eval.SYSCALL_NR))
+@pytest.mark.parametrize("arch", sorted(seccomp.SYSCALL_NR))
 def test_seccomp_program_assembles(arch: str) -> None:
-    prog = code_eval.seccomp_program(arch, 2)
-    assert prog[1][3] == code_eval.AUDIT_ARCH[arch] and prog[1][2] > 0  # a foreign ABI jumps to the kill
+    prog = seccomp.seccomp_program(arch, 2)
+    assert prog[1][3] == seccomp.AUDIT_ARCH[arch] and prog[1][2] > 0  # a foreign ABI jumps to the kill
     assert prog[-1] == (0x06, 0, 0, 0x80000000)  # SECCOMP_RET_KILL_PROCESS
     assert len(prog) < 4096
 
@@ -446,8 +447,8 @@ def test_read_only_fallback_without_mount_setattr() -> None:
         try:
             libc = ctypes.CDLL(None, use_errno=True)
             if libc.unshare(0x00020000) == 0 and os.stat("/proc/self/ns/mnt").st_ino != host_mnt:
-                code_eval._mount(None, "/", None, code_eval.MS_REC | code_eval.MS_PRIVATE)
-                code_eval.read_only_everywhere(use_mount_setattr=False)
+                mounts.mount(None, "/", None, mounts.MS_REC | mounts.MS_PRIVATE)
+                mounts.read_only_everywhere(use_mount_setattr=False)
                 try:
                     open(os.path.join(probe, "x"), "w").close()
                     code = 1
