@@ -23,12 +23,14 @@ from transformers import AttentionInterface
 from transformers.cache_utils import get_layer_types_and_kwargs
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from errors import RunError
+
 ATTENTION_KINDS = ("full_attention", "sliding_attention", "chunked_attention")
 MASKED_IMPLEMENTATIONS = ("sdpa", "eager")  # kernels that take the prepared 4-D masks the KV state builds
 _WRAPPER = "latentmas_wrapped"
 
 
-class ArchitectureError(Exception):
+class ArchitectureError(RunError):
     """The model (or a setting for it) cannot work with the shared KV state; the message names the reason."""
 
 

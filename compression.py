@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 import architecture
+from errors import RunError
 from kv_state import LATENT, KVState, extend, rollback, select
 from registry import POLICIES, QUERIES
 
@@ -24,7 +25,7 @@ __all__ = ["POLICIES", "QUERIES", "SCOPES", "CompressionError", "Compressor", "H
            "make_policy"]
 
 
-class CompressionError(Exception):
+class CompressionError(RunError):
     """A compression setting cannot work with this model; the message names the fix."""
 
 

@@ -22,12 +22,12 @@ import argparse
 import difflib
 import math
 import os
-import sys
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 from pathlib import Path
 from typing import ClassVar
 
+from errors import RunError
 from registry import (
     CROSS_MODEL,
     DATA_SOURCES,
@@ -47,7 +47,7 @@ SCOPES = ("shared", "layer", "head")
 POSITIONS = ("original", "rerotate", "shift")
 
 
-class ConfigError(Exception):
+class ConfigError(RunError):
     """A setting, a combination of settings or an experiment file that cannot work; the message names the fix."""
 
 
@@ -87,7 +87,7 @@ def setting(default, help: str, *, parse=None, choices=None, flag: str | None = 
 @dataclass
 class TeamConfig:
     TITLE: ClassVar[str] = "what to run: the method and its team"
-    method: str | None = setting(None, "method to run (required unless --resume or given by --config)",
+    method: str | None = setting(None, "method to run (required for a new run; a resumed run has its own)",
                                  choices=tuple(METHODS))
     prompt: str = setting("sequential", "topology: sequential (each agent on the earlier agents' work), hierarchical "
                           "(independent workers, the last agent reads them all), chain-hierarchical (hierarchical "
@@ -339,13 +339,6 @@ class RunConfig:
         return f"{c.kv_policy} keep {c.kv_keep:g}, {c.kv_scope}" if c.kv_policy != "none" else ""
 
 
-def as_config(settings) -> RunConfig:
-    """A RunConfig from itself, from config.json's "args", or from a namespace of them (older callers)."""
-    if isinstance(settings, RunConfig):
-        return settings
-    return RunConfig.from_saved(settings if isinstance(settings, dict) else vars(settings))
-
-
 def series_defaults() -> dict:
     """Compression settings other than policy and keep ratio, with their defaults: a report line names what differs."""
     return {f.name: f.default for f in fields(CompressionConfig)
@@ -354,36 +347,39 @@ def series_defaults() -> dict:
 
 # --- the command line ------------------------------------------------------------------------------------------------
 
-class CleanParser(argparse.ArgumentParser):
-    """Bad input gets one line naming the fix and exit code 2, not a usage dump."""
-
-    def error(self, message: str):
-        print(f"run.py: error: {message} (see python run.py --help)", file=sys.stderr)
-        sys.exit(2)
-
-
-def build_parser(defaults: bool = True) -> CleanParser:
-    """The CLI, one flag per field. defaults=False leaves every default out, so parsing yields what was typed."""
-    p = CleanParser(description="LatentMAS-KV: latent multi-agent reasoning over a shared KV cache.",
-                    formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                    argument_default=None if defaults else argparse.SUPPRESS)
+def add_settings(p: argparse.ArgumentParser, defaults: bool = True, hidden: tuple[str, ...] = ()) -> None:
+    """One flag per field, grouped by section. defaults=False leaves every default out, so parsing yields only what
+    was typed. `hidden`: fields whose flags are parsed but not shown in --help (a command that refuses them)."""
     for cls in SECTIONS.values():
         group = p.add_argument_group(cls.TITLE)
         for f in fields(cls):
             fl = FLAGS[f.name]
-            kw = {"dest": f.name, "help": fl.meta["help"]}
+            kw = {"dest": f.name, "help": argparse.SUPPRESS if f.name in hidden else fl.meta["help"]}
             if isinstance(fl.default, bool):
                 kw["action"] = "store_false" if fl.negated else "store_true"
                 kw["default"] = argparse.SUPPRESS if (fl.negated or not defaults) else False
             else:
-                kw.update(type=fl.meta["parse"], choices=fl.meta["choices"], metavar=fl.meta["metavar"])
-                if defaults:
-                    kw["default"] = fl.default
+                kw.update(type=fl.meta["parse"], choices=fl.meta["choices"], metavar=fl.meta["metavar"],
+                          default=fl.default if defaults else argparse.SUPPRESS)
             group.add_argument(fl.option, *fl.meta["aliases"], **kw)
+
+
+def add_run_arguments(p: argparse.ArgumentParser, defaults: bool = True) -> None:
+    """The run command's arguments: every setting, an experiment file, a run to resume."""
+    add_settings(p, defaults)
     g = p.add_argument_group("experiment files and resuming")
     g.add_argument("--config", metavar="FILE", help="read settings from a YAML or JSON file whose keys are these "
-                   "flags' names (see config/); flags on the command line win")
-    g.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run in RUN_DIR with its saved settings")
+                   "flags' names (see config/); flags on the command line win",
+                   default=None if defaults else argparse.SUPPRESS)
+    g.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run in RUN_DIR with its saved settings",
+                   default=None if defaults else argparse.SUPPRESS)
+
+
+def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
+    """The run command's flags on a plain parser (docs/flags.md and tests read it; run.py builds the CLI)."""
+    p = argparse.ArgumentParser(description="LatentMAS-KV: latent multi-agent reasoning over a shared KV cache.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_run_arguments(p, defaults)
     return p
 
 
@@ -413,11 +409,16 @@ class Invocation:
     resume: str | None = None
 
 
-def parse_command_line(argv: list[str]) -> Invocation:
-    typed = vars(build_parser(defaults=False).parse_args(argv))
-    config_file, resume = typed.pop("config", None), typed.pop("resume", None)
+def invocation(typed: dict) -> Invocation:
+    """What the run command's parsed flags ask for (`typed`: only what was typed; keys other than settings, --config
+    and --resume are ignored). The --config file is read and checked here."""
+    config_file, resume = typed.get("config"), typed.get("resume")
     from_file = read_experiment_file(config_file) if config_file else {}
-    return Invocation({**from_file, **typed}, config_file, resume)
+    return Invocation({**from_file, **{k: v for k, v in typed.items() if k in FLAGS}}, config_file, resume)
+
+
+def parse_command_line(argv: list[str]) -> Invocation:
+    return invocation(vars(build_parser(defaults=False).parse_args(argv)))
 
 
 def read_mapping(path: Path, label: str = "--config") -> dict:
@@ -481,7 +482,7 @@ def _setting_name(path: Path, key, label: str = "--config") -> str:
     close = difflib.get_close_matches(key, list(SPELLINGS) + list(SECTIONS), n=1)
     raise ConfigError(f"{label} {path}: unknown setting {shown(key)}"
                       + (f" (did you mean {close[0]}?)" if close else "")
-                      + "; keys are flag names, see python run.py --help")
+                      + "; keys are flag names, see python run.py run --help")
 
 
 def _file_value(path: Path, key: str, name: str, value, label: str = "--config"):

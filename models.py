@@ -18,12 +18,13 @@ import torch
 
 import architecture
 import kv_state
+from errors import RunError
 from kv_state import LATENT, TEXT, KVState, extend
 from registry import EMBEDDED_MODELS
 from teams import DEFAULT_SYSTEM
 
 
-class ModelError(Exception):
+class ModelError(RunError):
     """A model cannot be resolved or loaded; the message names the fix."""
 
 
@@ -122,8 +123,10 @@ def load_model(name: str, device: str = "auto", dtype: str = "auto", attn_implem
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as e:
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-        hint = ("the hub is switched off (HF_HUB_OFFLINE=1): use a local folder or the embedded "
+        from data.hub import offline_env
+
+        offline = offline_env()
+        hint = (f"the hub is switched off ({offline}): use a local folder or the embedded "
                 f"{', '.join(EMBEDDED_MODELS)}" if offline else "check the hub id, your network and HF_TOKEN")
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelError(f"cannot load model {name!r}: {first[:200]} ({hint})") from e

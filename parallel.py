@@ -32,11 +32,11 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from config import RunConfig
+from errors import RunError
 from rundir import (
     CONFIG,
     RESULTS,
     SUMMARY,
-    RunDirError,
     collect,
     describe_diff,
     load_config,
@@ -50,7 +50,7 @@ from rundir import (
 DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
 
 
-class ScaleOutError(Exception):
+class ScaleOutError(RunError):
     """A launch, shard or merge that cannot work as asked; the message names the fix."""
 
 
@@ -277,23 +277,20 @@ def _merged_dir(out: Path | None, ref_dir: Path, parent: Path | None, k: int) ->
     return out
 
 
-def merge_main(argv: list[str]) -> int:
+def add_merge_arguments(p: argparse.ArgumentParser) -> None:
     """python run.py merge RUN_DIR... [--out DIR] [--allow_missing]"""
-    p = argparse.ArgumentParser(prog="run.py merge",
-                                description="Combine the shards of one run (--num_shards/--shard_id) into one run "
-                                            "directory with results.jsonl in item order and one summary.json.")
+    p.description = ("Combine the shards of one run (--num_shards/--shard_id) into one run directory with "
+                     "results.jsonl in item order and one summary.json.")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="the shards' run directories")
     p.add_argument("--out", default=None, help="the merged run directory (default: beside the first shard)")
     p.add_argument("--output_dir", default=None,
                    help="parent folder for the merged run directory, as for a run (ignored with --out)")
     p.add_argument("--allow_missing", action="store_true",
                    help="write the merge even if shards or items are missing (the summary says complete: false)")
-    a = p.parse_args(argv)
-    try:
-        out, summary = merge_runs(a.run_dirs, a.out, a.allow_missing, a.output_dir)
-    except (ScaleOutError, RunDirError) as e:
-        print(f"run.py merge: error: {e}", file=sys.stderr)
-        return 2
+
+
+def merge_command(a: argparse.Namespace) -> int:
+    out, summary = merge_runs(a.run_dirs, a.out, a.allow_missing, a.output_dir)
     print(f"[merge] {len(a.run_dirs)} runs -> {out}", file=sys.stderr)
     print(json.dumps(summary))
     return 0

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import stats
 from config import series_defaults
+from errors import RunError
 from rundir import RunDirError, read_run
 
 METHOD_COLOURS = {"baseline": "tab:grey", "text_mas": "tab:blue", "latent_mas": "tab:orange"}
@@ -40,7 +41,7 @@ WITHIN_GROUP = ("n", "seed", "temperature", "max_new_tokens", "prompt", "agents"
 PUBLISHED = Path(__file__).resolve().parent / "config" / "paper" / "published.yaml"
 
 
-class ReportError(Exception):
+class ReportError(RunError):
     """A path is not a run directory, or nothing can be reported; the message says which."""
 
 
@@ -733,8 +734,8 @@ def build_report(paths: list[str], out: Path, command: str | None = None, baseli
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="run.py report", description="Markdown table and PNG plots from run directories.")
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = "Markdown table and PNG plots from run directories."
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories, or folders holding them")
     p.add_argument("--out", default=None, help="output folder (default: reports/<timestamp>)")
     p.add_argument("--published", default=str(PUBLISHED), metavar="FILE",
@@ -742,19 +743,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baseline", default=None, metavar="RUN_DIR",
                    help="pair every run with this run (default: a compressed run with the uncompressed run of its "
                         "method and seed, any other run with its group's first run)")
-    args = p.parse_args(argv)
+
+
+def command(args: argparse.Namespace) -> int:
     out = Path(args.out or Path("reports") / datetime.now().strftime("%Y%m%d-%H%M%S"))
-    try:
-        result = build_report(args.runs, out, command="python run.py report " + " ".join(argv or sys.argv[1:]),
-                              baseline=args.baseline,
-                              published=None if args.published == "none" else Path(args.published))
-    except ReportError as e:
-        print(f"report: error: {e}", file=sys.stderr)
-        return 2
+    result = build_report(args.runs, out, command="python run.py report " + " ".join(args.argv),
+                          baseline=args.baseline, published=None if args.published == "none" else Path(args.published))
     print(f"[report] {len(result['runs'])} run(s) in {len(result['groups'])} group(s) -> {out / 'report.md'}",
           file=sys.stderr)
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

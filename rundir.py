@@ -30,13 +30,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO
 
-from config import ConfigError, RunConfig, as_config
+from config import ConfigError, RunConfig
+from errors import RunError
 from utils import wilson_ci
 
 CONFIG, RESULTS, SUMMARY, PARTS, LOCK_FILE = "config.json", "results.jsonl", "summary.json", "parts", "run.lock"
 
 
-class RunDirError(Exception):
+class RunDirError(RunError):
     """A run directory, one of its files, or the disk under it cannot be used as asked; the message names the fix."""
 
 
@@ -496,10 +497,10 @@ def _mean(values: list[float]) -> float:
     return round(float(np.mean(values)), 4) if values else 0.0
 
 
-def summarize(records: list[dict], settings, data_info: dict, expected_n: int) -> dict:
+def summarize(records: list[dict], settings: RunConfig, data_info: dict, expected_n: int) -> dict:
     """summary.json: the run's settings (RunConfig.summary_settings), counts, accuracy with its Wilson interval,
-    time, tokens and KV means. `settings`: a RunConfig (or config.json's "args")."""
-    s = as_config(settings).summary_settings()
+    time, tokens and KV means."""
+    s = settings.summary_settings()
     records = sorted(records, key=lambda r: r["index"])
     n = len(records)
     correct = sum(bool(r["correct"]) for r in records)

@@ -29,9 +29,7 @@ I, I+N, ... (a SLURM array, one process per GPU); several processes on one sweep
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
-import io
 import itertools
 import json
 import os
@@ -40,21 +38,23 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import run
+import runner
 from config import (
     FLAGS,
     ConfigError,
     RunConfig,
-    build_parser,
+    add_settings,
     check,
     experiment_values,
     new_run,
     normalize,
     read_mapping,
 )
-from parallel import Launch, ScaleOutError
+from data.hub import offline_env
+from errors import RunError
+from parallel import Launch
 from registry import TASKS
-from rundir import CONFIG, SUMMARY, RunDirError, collect, describe_diff, read_config, write_atomic
+from rundir import CONFIG, SUMMARY, RunDir, RunDirError, collect, describe_diff, read_config, write_atomic
 
 LABEL = "sweep"
 MODEL_KEYS = ("model_name", "device", "dtype", "attn_implementation", "device_map", "max_memory", "compile")
@@ -68,10 +68,6 @@ PREFIX = {"kv_keep": "k", "seed": "s", "latent_steps": "m", "max_samples": "n", 
 BARE = {"method", "task", "model_name", "kv_policy", "prompt", "kv_positions", "kv_scope", "compress_at", "kv_query",
         "kv_protect", "data_source", "dtype", "knn_strategy", "split", "agents", "data_path"}
 SWITCH_WORDS = {"include_old_prompts": ("stacked", "unstacked"), "prefix_reuse": ("prefix-reuse", "no-prefix-reuse")}
-
-
-class SweepError(Exception):
-    """A sweep file or command that cannot work; the message names the fix."""
 
 
 @dataclass
@@ -116,14 +112,14 @@ def read_sweep(path: str, overrides: dict) -> tuple[dict, list[dict]]:
     elif isinstance(grid, list) and grid and all(isinstance(g, dict) for g in grid):
         entries = [experiment_values(g, path, lists=True, label=LABEL) for g in grid]
     else:
-        raise SweepError(f"{LABEL} {path}: grid: give a list of mappings (each a sub-grid: method: latent_mas, "
+        raise ConfigError(f"{LABEL} {path}: grid: give a list of mappings (each a sub-grid: method: latent_mas, "
                          "kv_keep: [0.5, 0.9], ...)")
     for where, values in [("", base)] + [(f"grid entry {i + 1}: ", e) for i, e in enumerate(entries)]:
         if "run_dir" in values:
-            raise SweepError(f"{LABEL} {path}: {where}run_dir: the sweep names each cell's folder; give output_dir "
+            raise ConfigError(f"{LABEL} {path}: {where}run_dir: the sweep names each cell's folder; give output_dir "
                              "(the sweep's folder) instead")
         if "output_dir" in values and (where or isinstance(values["output_dir"], tuple)):
-            raise SweepError(f"{LABEL} {path}: {where}output_dir: a sweep has one folder; give one output_dir at "
+            raise ConfigError(f"{LABEL} {path}: {where}output_dir: a sweep has one folder; give one output_dir at "
                              "the top level")
     for key, value in overrides.items():
         placed = False
@@ -226,8 +222,8 @@ def _checked(cell: Cell) -> Cell:
         normalize(cfg)
         cell.warnings = check(cfg, given)
         Launch.from_config(cfg, env={})
-        cell.cfg, cell.team = cfg, run.team_of(cfg)
-    except (ConfigError, ScaleOutError) as e:
+        cell.cfg, cell.team = cfg, runner.team_of(cfg)
+    except RunError as e:
         cell.refused = str(e)
     return cell
 
@@ -260,8 +256,7 @@ def item_count(cfg: RunConfig) -> tuple[int | None, str]:
     if not d.data_path:
         source = d.data_source
         if source == "auto":
-            offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1"
-            source = "package" if offline and spec.package else "hub"
+            source = "package" if offline_env() and spec.package else "hub"
         if source == "hub" and d.split in (None, spec.hub_split):
             total = spec.hub_size
         elif source == "package" and spec.package:
@@ -347,7 +342,7 @@ class ModelPool:
                 self.error = str(e)
         if self.error:
             raise ConfigError(self.error)
-        return run.load_wrapper(cfg, launch, loaded=self.loaded)  # a fresh wrapper, seeded as a run of its own
+        return runner.load_wrapper(cfg, launch, loaded=self.loaded)  # a fresh wrapper, seeded as a run of its own
 
     def release(self):
         if self.loaded is not None:
@@ -362,137 +357,28 @@ class ModelPool:
         self.key = self.error = None
 
 
-@dataclass
-class OpenCell:
-    cell: Cell
-    plan: run.Plan
-    run_dir: object  # rundir.RunDir
-    items: list
-    data_info: dict
-    wrapper: object
-    method_cfg: object
-    done: dict
-    writer: object = None
-    todo: list = field(default_factory=list)
-
-
-def _last_error(text: str) -> str:
-    """The message of the last `...: error: ...` line that run.py printed before it exited."""
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    errors = [ln.split("error:", 1)[1].strip() for ln in lines if "error:" in ln]
-    return errors[-1] if errors else (lines[-1] if lines else "see the lines above")
-
-
-def open_cell(cell: Cell, pool: ModelPool, file: Path) -> OpenCell | None:
+def open_cell(cell: Cell, pool: ModelPool, file: Path) -> runner.OpenRun | None:
     """Claim and lock the cell's run directory, load its items on the pool's model, write its config.json; None
     (with the cell's status set) when it cannot run now."""
-    from rundir import RunDir
-
     if disk_state(cell)[0] == "complete":  # another process (a second sweep on this folder) finished it meanwhile
         cell.status = "complete"
         return None
     launch = Launch.from_config(cell.cfg)
-    plan = run.Plan(cell.cfg, None, cell.team, launch, str(file))
+    plan = runner.Plan(cell.cfg, None, cell.team, launch, str(file))
     try:
         run_dir = RunDir.open(cell.cfg, launch)
     except RunDirError as e:
         cell.status, cell.note = ("busy" if "in use by" in str(e) else "refused"), str(e)
         return None
-    err = io.StringIO()
     try:
-        with contextlib.redirect_stderr(err):  # run.load ends a failure in one line and SystemExit
-            wrapper = pool.wrapper(cell.cfg, launch)
-            items, data_info, wrapper, method_cfg = run.load(plan, run_dir, wrapper)
-    except (SystemExit, ConfigError) as e:
-        sys.stderr.write(err.getvalue())
-        run_dir.discard()
-        cell.status = "failed"
-        cell.note = str(e) if isinstance(e, ConfigError) else _last_error(err.getvalue())
+        o = runner.start(plan, run_dir, pool.wrapper, again="run the sweep again",
+                         label=f"[{LABEL}] cell {cell.index} {cell.name}:", name=cell.name)
+    except RunError as e:
+        cell.status, cell.note = "failed", str(e)
         print(f"{LABEL}: error: cell {cell.name}: {cell.note}", file=sys.stderr)
         return None
-    except BaseException:
-        sys.stderr.write(err.getvalue())
-        run_dir.discard()
-        raise
-    sys.stderr.write(err.getvalue())
-    try:
-        done, writer = run_dir.done(), run_dir.writer()
-    except RunDirError as e:
-        run_dir.release()
-        cell.status, cell.note = "failed", str(e)
-        return None
-    cell.status = "resumed" if done else "ran"
-    o = OpenCell(cell, plan, run_dir, items, data_info, wrapper, method_cfg, done, writer)
-    o.todo = [it for it in launch.mine(items) if it.index not in done]
+    cell.status = "resumed" if o.done else "ran"
     return o
-
-
-@dataclass
-class SharedReference:
-    """The uncompressed team's judger on one batch of items, for every cell of a --fidelity unit."""
-
-    indices: tuple = ()
-    ref: object = None
-
-    def get(self, o: OpenCell, batch: list):
-        from methods import latent_mas
-
-        key = tuple(it.index for it in batch)
-        if key != self.indices:
-            self.indices, self.ref = key, latent_mas.reference(o.wrapper, batch, o.method_cfg)
-        return self.ref
-
-
-def _run_batch(o: OpenCell, batch: list, shared: SharedReference | None) -> list[dict]:
-    from methods import get_method, grade_batch
-
-    if shared is not None and o.method_cfg.fidelity and o.cell.cfg.method == "latent_mas":
-        from methods import latent_mas
-
-        records = latent_mas.run_batch(o.wrapper, batch, o.method_cfg, ref=shared.get(o, batch))
-        return grade_batch(batch, records, o.method_cfg)
-    return get_method(o.cell.cfg.method)(o.wrapper, batch, o.method_cfg)
-
-
-def loop(opened: list[OpenCell], shared: SharedReference | None) -> bool:
-    """Run the cells' items not on disk yet, batch by batch, each batch through every cell before the next (one
-    cell: exactly run.py's loop); every record is on disk as its batch finishes. Returns whether Ctrl-C stopped it.
-    A disk error (RunDirError) propagates."""
-    import torch
-    from tqdm import tqdm
-
-    order = {it.index: k for k, it in enumerate(opened[0].items)}
-    wanted = sorted({it.index for o in opened for it in o.todo}, key=order.get)
-    bs = opened[0].cell.cfg.decoding.generate_bs
-    single = len(opened) == 1
-    for o in opened:
-        print(f"[{LABEL}] cell {o.cell.index} {o.cell.name}: {o.run_dir.path}  ({len(o.done)} done, {len(o.todo)} to "
-              f"go)", file=sys.stderr)
-    desc = opened[0].cell.name if single else f"{len(opened)} cells, one reference"
-    bar = tqdm(total=sum(len(o.done) + len(o.todo) for o in opened), initial=sum(len(o.done) for o in opened),
-               desc=desc[:40], unit="item", dynamic_ncols=True)
-    try:
-        for start in range(0, len(wanted), bs):
-            chunk = set(wanted[start:start + bs])
-            for o in opened:
-                batch = [it for it in o.todo if it.index in chunk]
-                if not batch:
-                    continue
-                with torch.inference_mode():
-                    records = _run_batch(o, batch, shared)
-                for rec in records:
-                    o.writer.write(rec)
-                    o.done[rec["index"]] = rec
-                    if o.cell.cfg.output.verbose:
-                        tqdm.write(run.trace(rec))
-                bar.update(len(records))
-                if single:
-                    bar.set_postfix(acc=f"{sum(bool(r['correct']) for r in o.done.values()) / len(o.done):.3f}")
-    except KeyboardInterrupt:
-        return True
-    finally:
-        bar.close()
-    return False
 
 
 def units(cells: list[Cell]) -> list[list[Cell]]:
@@ -516,34 +402,19 @@ def units(cells: list[Cell]) -> list[list[Cell]]:
 
 
 def run_unit(unit: list[Cell], pool: ModelPool, file: Path) -> bool:
-    """Open, run and finish the cells of one unit; returns whether Ctrl-C stopped it."""
-    opened = [o for o in (open_cell(c, pool, file) for c in unit) if o is not None]
+    """Open, run and finish the cells of one unit (runner's loop, as a single run); returns whether Ctrl-C stopped
+    it. A disk error in the loop ends the sweep (a RunError saying how to continue)."""
+    opened = [(c, o) for c in unit if (o := open_cell(c, pool, file)) is not None]
     if not opened:
         return False
-    interrupted = False
-    try:
-        if any(o.todo for o in opened):
-            interrupted = loop(opened, SharedReference() if len(opened) > 1 else None)
-    except RunDirError as e:
-        for o in opened:
-            o.run_dir.release()
-        raise SweepError(f"{e}; the finished items are on disk: free space or fix the folder, then run the sweep "
-                         "again") from None
-    finally:
-        for o in opened:
-            o.writer.close()
-    for o in opened:
-        err = io.StringIO()
+    runs = [o for _, o in opened]
+    interrupted = runner.loop(runs, runner.SharedReference() if len(runs) > 1 else None)
+    for cell, o in opened:
         try:
-            with contextlib.redirect_stderr(err):
-                rc = run.finish(o.plan, o.run_dir, o.done, interrupted, o.data_info, len(o.items), echo=False)
-            if rc == 130:
-                o.cell.status = "interrupted"
-        except SystemExit:
-            sys.stderr.write(err.getvalue())
-            o.cell.status, o.cell.note = "failed", _last_error(err.getvalue())
-        finally:
-            o.run_dir.release()
+            if runner.finish(o, interrupted)[0] == 130:
+                cell.status = "interrupted"
+        except RunError as e:
+            cell.status, cell.note = "failed", str(e)
     return interrupted
 
 
@@ -585,9 +456,9 @@ def parse_shard(text: str) -> tuple[int, int]:
     return int(m[1]), int(m[2])
 
 
-def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict]:
-    p = build_parser(defaults=False)
-    p.prog = "run.py sweep"
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """run.py sweep FILE [--dry_run] [--cell_shard I/N] [setting flags]: every setting but --run_dir (each cell's folder
+    is named by the sweep); --config and --resume are parsed only to be refused with the reason."""
     p.description = "Run the grid of an experiment file whose keys may hold lists (see docs/experiments.md)."
     g = p.add_argument_group("sweep")
     g.add_argument("file", metavar="FILE", help="sweep file: an experiment file whose keys may hold lists")
@@ -595,45 +466,45 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict]:
                    help="list every cell (items, folder, state on disk) and exit: loads nothing, writes nothing")
     g.add_argument("--cell_shard", type=parse_shard, default=None, metavar="I/N",
                    help="run only cells I, I+N, I+2N, ... (one of N processes: a SLURM array task, a GPU)")
-    ns = p.parse_args(argv)
-    typed = {k: v for k, v in vars(ns).items() if k in FLAGS}
+    add_settings(p, defaults=False, hidden=("run_dir",))
+    for name in ("config", "resume"):
+        p.add_argument(f"--{name}", default=None, help=argparse.SUPPRESS)
+
+
+def command(args: argparse.Namespace) -> int:
+    """The sweep command (run.py turns a RunError into one line and exit 2)."""
     for k in ("config", "resume"):
-        if getattr(ns, k, None):
-            run.fail(f"--{k} does not go with run.py sweep: the sweep file is the configuration, and running the "
-                     "sweep again resumes its cells")
-    if "run_dir" in typed:
-        run.fail("--run_dir does not go with run.py sweep: each cell's folder is named by the sweep; give "
-                 "--output_dir (the sweep's folder)")
-    return ns, typed
+        if getattr(args, k, None):
+            raise ConfigError(f"--{k} does not go with run.py sweep: the sweep file is the configuration, and running "
+                              "the sweep again resumes its cells")
+    overrides = {k: v for k, v in vars(args).items() if k in FLAGS}
+    if "run_dir" in overrides:
+        raise ConfigError("--run_dir does not go with run.py sweep: each cell's folder is named by the sweep; give "
+                          "--output_dir (the sweep's folder)")
+    return run_sweep(plan(args.file, overrides), args.cell_shard, args.dry_run)
 
 
-def main(argv: list[str]) -> int:
-    ns, overrides = parse_args(argv)
-    try:
-        sweep = plan(ns.file, overrides)
-    except (ConfigError, SweepError) as e:
-        run.fail(str(e))
+def run_sweep(sweep: Sweep, shard: tuple[int, int] | None, dry_run: bool) -> int:
     cells = sweep.cells
-    shard = ns.cell_shard
     mine = [c for c in cells if shard is None or c.index % shard[1] == shard[0]]
     for line in listing(sweep, mine, shard):
-        print(line, file=sys.stderr if not ns.dry_run else sys.stdout)
+        print(line, file=sys.stderr if not dry_run else sys.stdout)
     for w in warnings_once(mine, sweep.varied):
         print(w, file=sys.stderr)
     if all(c.refused for c in cells):
-        run.fail(f"every cell is refused by the rules (the first: {cells[0].refused}); fix the sweep file (a grid: "
-                 "list keeps such combinations apart)")
-    if ns.dry_run:
+        raise ConfigError(f"every cell is refused by the rules (the first: {cells[0].refused}); fix the sweep file (a "
+                          "grid: list keeps such combinations apart)")
+    if dry_run:
         print("dry run: nothing was loaded or written")
         return 0
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        run.fail("run.py sweep runs one process per GPU: start one sweep per GPU with --cell_shard I/N "
-                 "(CUDA_VISIBLE_DEVICES=I), not under torchrun / accelerate launch")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        raise ConfigError("run.py sweep runs one process per GPU: start one sweep per GPU with --cell_shard I/N "
+                          "(CUDA_VISIBLE_DEVICES=I), not under torchrun / accelerate launch")
     try:
         sweep.folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        run.fail(f"cannot create the sweep folder {sweep.folder} ({e.strerror}); give --output_dir a writable folder")
+        raise RunDirError(f"cannot create the sweep folder {sweep.folder} ({e.strerror}); give --output_dir a writable "
+                          "folder") from None
     pool, interrupted, error = ModelPool(), False, None
     for c in mine:
         if c.refused:
@@ -643,13 +514,27 @@ def main(argv: list[str]) -> int:
             if run_unit(unit, pool, sweep.file):
                 interrupted = True
                 break
-    except SweepError as e:
-        error = str(e)
+    except RunError as e:
+        error = e
     finally:
         pool.release()
     for c in mine:
         if not c.status:
             c.status = "not started"
+    write_table(sweep, mine, shard, pool.loads)
+    if error:
+        raise error
+    if interrupted:
+        print(f"[{LABEL}] interrupted: run the same command again to continue (complete cells are skipped, the "
+              "unfinished one resumes)", file=sys.stderr)
+        return 130
+    # exit 1 for a cell that could not run (a folder holding other settings, a model or data that did not load); a
+    # combination the rules refuse is listed and skipped by design
+    return 1 if any(c.status == "failed" or (c.status == "refused" and not c.refused) for c in mine) else 0
+
+
+def write_table(sweep: Sweep, mine: list[Cell], shard: tuple[int, int] | None, loads: int) -> None:
+    """sweep.md (or sweep-shardIofN.md): the cells' table and the report command; the table also on stdout."""
     rows = table(mine)
     report = (f"compare the cells: python run.py report {sweep.folder} --out {sweep.folder / 'report'}  "
               "(paired comparisons, seeds, plots; docs/reports.md)")
@@ -662,15 +547,5 @@ def main(argv: list[str]) -> int:
         print(f"{LABEL}: warning: {e}", file=sys.stderr)
     print("\n".join(rows))
     print(f"[{LABEL}] {sum(c.status in ('ran', 'resumed', 'complete') for c in mine)} of {len(mine)} cells complete, "
-          f"{pool.loads} model load(s); table in {sweep.folder / name}", file=sys.stderr)
+          f"{loads} model load(s); table in {sweep.folder / name}", file=sys.stderr)
     print(f"[{LABEL}] {report}", file=sys.stderr)
-    if error:
-        run.fail(error)
-    if interrupted:
-        print(f"[{LABEL}] interrupted: run the same command again to continue (complete cells are skipped, the "
-              "unfinished one resumes)", file=sys.stderr)
-        return 130
-    # exit 1 for a cell that could not run (a folder holding other settings, a model or data that did not load); a
-    # combination the rules refuse is listed and skipped by design
-    return 1 if any(c.status == "failed" or (c.status == "refused" and not c.refused) for c in mine) else 0
-

@@ -19,6 +19,8 @@ import string
 from dataclasses import dataclass
 from pathlib import Path
 
+from errors import RunError
+
 TEAMS_DIR = Path(__file__).resolve().parent / "teams"
 PLACEHOLDERS = ("question", "context", "answer")
 FAMILIES = ("latent", "text")
@@ -27,7 +29,7 @@ FIELDS = ("name", "role", "prompt", "system", "mode", "model")
 DEFAULT_SYSTEM = "You are a helpful assistant."
 
 
-class TeamError(Exception):
+class TeamError(RunError):
     """A team file is unusable; the message names the file, the agent and the fix."""
 
 

@@ -71,9 +71,3 @@ def environment() -> dict:
         info["git_commit"] = None
     return info
 
-
-def summarize(records: list[dict], settings, data_info: dict, expected_n: int) -> dict:
-    """summary.json of these records: rundir.summarize (kept here for callers of its older place)."""
-    from rundir import summarize as summarize_run
-
-    return summarize_run(records, settings, data_info, expected_n)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from errors import RunError
 from grading import LETTERS
 
 
@@ -15,7 +16,7 @@ class Item:
     meta: dict = field(default_factory=dict)  # n_options, options, source id; code: entry_point, tests, ...
 
 
-class DataError(Exception):
+class DataError(RunError):
     """A data problem the user can fix; the message is one line naming the fix."""
 
 

@@ -86,3 +86,11 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def settings(argv: list[str]):
+    """The checked settings of a run command line, as run.py makes them (an errors.RunError for bad input)."""
+    import config
+    import runner
+
+    return runner.prepare(config.parse_command_line(argv)).cfg

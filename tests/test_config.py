@@ -15,7 +15,7 @@ import report
 import run
 from config import FLAGS, RunConfig
 from methods import MethodConfig
-from tests.conftest import ROOT
+from tests.conftest import ROOT, settings
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -101,13 +101,13 @@ def test_config_file_flat_and_grouped_with_command_line_overrides(tmp_path):
     f.write_text("method: latent_mas\nmax_samples: 2\nno_prefix_reuse: true\n"
                  "compression:\n  knn_filter: true\n  knn_strategy: bottom\n  knn_percentage: 0.6\n"
                  "decoding:\n  temperature: 0\n  seed: 5\n")
-    cfg = run.resolve_args(["--config", str(f), "--max_samples", "4", "--seed", "6"])
+    cfg = settings(["--config", str(f), "--max_samples", "4", "--seed", "6"])
     assert cfg.method == "latent_mas" and cfg.data.max_samples == 4 and cfg.decoding.seed == 6  # typed wins
     assert cfg.decoding.temperature == 0.0 and cfg.model.prefix_reuse is False
     assert cfg.compression.kv_policy == "knn-bottom" and cfg.compression.kv_keep == 0.6
     j = tmp_path / "exp.json"
     j.write_text(json.dumps({"method": "baseline", "--max_new_tokens": 9, "data_path": None}))
-    cfg = run.resolve_args(["--config", str(j)])
+    cfg = settings(["--config", str(j)])
     assert cfg.method == "baseline" and cfg.decoding.max_new_tokens == 9 and cfg.data.data_path is None
 
 
@@ -168,17 +168,23 @@ def test_settings_that_do_nothing_are_refused(argv, words, tmp_path, capsys):
     (["--method", "baseline", "--prompt", "hierarchical"], "--prompt does nothing for --method baseline"),
     (["--method", "baseline", "--eval_workers", "2"], "--eval_workers does nothing for --task gsm8k"),
 ])
-def test_settings_that_are_merely_ignored_warn_once(argv, words, capsys):
-    run.resolve_args(argv)
-    err = capsys.readouterr().err.strip().splitlines()
+def test_settings_that_are_merely_ignored_warn_once(argv, words, tmp_path, capsys):
+    import runner
+
+    (warning,) = runner.prepare(config.parse_command_line(argv)).warnings
+    assert words in warning
+    # the run prints it once, before it starts (here it then stops at a data file that does not exist)
+    with pytest.raises(SystemExit):
+        run.main([*argv, "--data_path", str(tmp_path / "missing.json"), "--output_dir", str(tmp_path / "runs")])
+    err = [ln for ln in capsys.readouterr().err.strip().splitlines() if "warning" in ln]
     assert len(err) == 1 and err[0].startswith("run.py: warning: ") and words in err[0], err
 
 
 def test_defaults_and_false_switches_are_never_flagged(tmp_path, capsys):
     f = tmp_path / "exp.yaml"
     f.write_text("method: baseline\nthink: false\nfidelity: false\n")
-    run.resolve_args(["--config", str(f)])
-    run.resolve_args(["--method", "latent_mas", "--kv_policy", "knorm", "--kv_keep", "0.5", "--kv_scope", "layer"])
+    settings(["--config", str(f)])
+    settings(["--method", "latent_mas", "--kv_policy", "knorm", "--kv_keep", "0.5", "--kv_scope", "layer"])
     assert capsys.readouterr().err == ""
 
 

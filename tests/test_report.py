@@ -3,7 +3,6 @@ embeddings written per item and transition, never overwritten, readable back."""
 from __future__ import annotations
 
 import json
-from argparse import Namespace
 from pathlib import Path
 
 import numpy as np
@@ -14,12 +13,15 @@ import registry
 import report
 import run
 from compression import Compressor
+from config import RunConfig
 from data import Item
+from errors import RunError
 from methods import MethodConfig, get_method
 from models import ModelWrapper
 from observe import Observer, create_exclusive, kept_mask, observer_from_args
-from tests.conftest import ROOT
-from utils import summarize, wilson_ci
+from rundir import summarize
+from tests.conftest import ROOT, settings
+from utils import wilson_ci
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -54,7 +56,7 @@ def make_run(parent: Path, name: str, method: str = "latent_mas", model: str = "
     (d / "config.json").write_text(json.dumps({"args": args, "data": data, "dtype": "torch.float32"}))
     (d / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     if write_summary:
-        summary = summarize(records, Namespace(**args), data, n)
+        summary = summarize(records, RunConfig.from_saved(args), data, n)
         (d / "summary.json").write_text(json.dumps(summary))
     return d
 
@@ -135,9 +137,11 @@ def test_report_rebuilds_a_missing_summary_and_refuses_non_runs(tmp_path, capsys
     (shards / "parts" / "part-1.jsonl").write_text("".join(lines[1:]))  # one record in both: counted once
     assert report.load_run(shards).get("n") == 4 and report.load_run(shards).get("correct") == 2
     (tmp_path / "empty").mkdir()
-    assert report.main([str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
+    for argv in ([str(tmp_path / "empty"), "--out", str(tmp_path / "o")], [str(tmp_path / "nope")]):
+        with pytest.raises(SystemExit) as e:
+            run.main(["report", *argv])
+        assert e.value.code == 2
     assert "neither a run directory" in capsys.readouterr().err
-    assert report.main([str(tmp_path / "nope")]) == 2
 
 
 def set_outcomes(d: Path, correct: list[bool], split: str | None = None) -> Path:
@@ -150,7 +154,7 @@ def set_outcomes(d: Path, correct: list[bool], split: str | None = None) -> Path
     for rec, ok in zip(records, correct):
         rec["correct"], rec["prediction"] = ok, "1" if ok else "2"
     (d / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    summary = summarize(records, Namespace(**config["args"]), config["data"], len(records))
+    summary = summarize(records, RunConfig.from_saved(config["args"]), config["data"], len(records))
     (d / "summary.json").write_text(json.dumps(summary))
     return d
 
@@ -353,13 +357,12 @@ def test_create_exclusive_never_overwrites(tmp_path):
 
 
 def test_flags_need_latent_mas_and_build_an_observer(tmp_path):
-    with pytest.raises(SystemExit) as e:
-        run.resolve_args(["--method", "baseline", "--show_heatmaps"])
-    assert e.value.code == 2
-    args = run.resolve_args(["--method", "latent_mas", "--save_embeddings", "--kv_policy", "snapkv"])
+    with pytest.raises(RunError, match="--show_heatmaps works on the shared cache of --method latent_mas"):
+        settings(["--method", "baseline", "--show_heatmaps"])
+    args = settings(["--method", "latent_mas", "--save_embeddings", "--kv_policy", "snapkv"])
     obs = observer_from_args(args, tmp_path)
     assert obs.embeddings and not obs.heatmaps and "snapkv" in obs.label
-    assert observer_from_args(run.resolve_args(["--method", "latent_mas"]), tmp_path) is None
+    assert observer_from_args(settings(["--method", "latent_mas"]), tmp_path) is None
 
 
 def test_example_logs_are_whole_runs_of_every_method_with_their_report():

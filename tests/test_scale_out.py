@@ -180,7 +180,9 @@ def test_merge_refuses_with_a_clear_message(case, words, shards, tmp_path, capsy
         (tmp_path / "merged").mkdir()
         (tmp_path / "merged" / "x").write_text("x")
         dirs = [s0, s1]
-    assert run.main(["merge", *map(str, dirs), *out]) == 2
+    with pytest.raises(SystemExit) as e:
+        run.main(["merge", *map(str, dirs), *out])
+    assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("run.py merge: error:") and words in err[0], err
     if case == "missing_items":

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 import registry
-import run
 from compression import Compressor, make_policy
 from data import Item
 from kv_state import LATENT, PROMPT, KVState, extend
 from methods import MethodConfig, get_method
 from models import ModelWrapper
+from tests.conftest import settings
 
 QUESTIONS = ["How many apples are left if each day the team sells 3 of 17?", "What is the total?",
              "If she sells 9 eggs each day for 2 dollars each, how many dollars is that?"]
@@ -64,7 +64,7 @@ def test_is_registered_and_accepted_by_the_cli():
     assert registry.POLICIES["latents-only"].cls == "LatentsOnly"
     assert type(make_policy("latents-only")).__name__ == "LatentsOnly"
     # the CLI takes it (a refused flag would exit 2)
-    run.resolve_args(["--method", "latent_mas", "--kv_policy", "latents-only", "--kv_protect", "latents",
+    settings(["--method", "latent_mas", "--kv_policy", "latents-only", "--kv_protect", "latents",
                       "--kv_keep", "0.01"])
 
 
