@@ -11,8 +11,10 @@
 The seed compared raw strings taken from the first `\\boxed{...}` without nested braces, so "18.00", "1,000",
 "(B)" and `\\text{B}` all scored as wrong, and a truncated think block could score by its last stray number.
 Here the LAST box wins, braces are matched properly, predictions are normalized to a canonical form, numbers
-are compared as numbers (exponents, powers, LaTeX thousands, mixed numbers; a box with a second number or an
-operator is no answer: see _number_from_math), and the prose fallback is deliberately conservative. Every
+are compared as numbers (exponents, powers, LaTeX thousands, mixed numbers, scale words, factorials; a box with a
+second number or an operator is no answer: see _number_from_math), boxes inside the last box are unwrapped, two
+different option labels in one box ("(A) and (C)") are no answer, and the prose fallback is deliberately
+conservative. Every
 extraction reports its path: "boxed", "block" (code), "fallback" (prose or unfenced code) or "none".
 """
 from __future__ import annotations
@@ -36,7 +38,13 @@ LETTERS = "ABCDEFGHIJ"
 _BOX_START = re.compile(r"\\(?:boxed|fbox)\s*\{")
 
 # Commands whose argument is plain text we want to keep (units, letters written as text).
-_TEXT_CMD = re.compile(r"\\(?:text|textbf|textit|textrm|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}")
+_TEXT_CMD = re.compile(r"\\(?:text|textbf|textit|textrm|texttt|textsf|textsc|textup|textnormal|textmd|emph|underline|"
+                       r"mathrm|mathbf|mathit|mathsf|mathtt|boldsymbol|bm|mbox|operatorname)\s*\{([^{}]*)\}")
+# Old-style font switches inside a group: {\bf B}, {\tt 2}.
+_FONT_SWITCH = re.compile(r"\\(?:bf|it|tt|em|sf|rm|sc)(?![A-Za-z])\s*")
+# Two labels joined as alternatives or a list ("(A) and (C)", "A, C", "B or D", "A/C"): two answers, not one.
+_TWO_LETTERS = re.compile(r"^\(?([A-Ja-j])\)?\s*(?:,|;|/|&|\\&|\band\b|\bor\b)\s*\(?([A-Ja-j])\)?(?!\w)")
+_TWO_OPTIONS = re.compile(r"^\(?([1-9])\)?\s*(?:,|;|/|&|\\&|\band\b|\bor\b)\s*\(?([1-9])\)?(?![\w.])")
 
 # ---- Reading the one number a box states (see _number_from_math for the accepted forms).
 # LaTeX spacing (\, \; \: \ ~ and Unicode thin/no-break spaces) is a space; \! is nothing.
@@ -67,6 +75,11 @@ _UNIT_POWER = re.compile(r"(?<=[A-Za-z])\s*\^\s*(?:\{\s*-?\d+\s*\}|-?\d+)")
 _UNIT_RATIO = re.compile(r"(?<=[A-Za-z])\s*/\s*(?=[A-Za-z])")
 _SUFFIX_OK = re.compile(r"(?:[A-Za-z]+(?:-[A-Za-z]+)*|[\s.,;:!?'\"()\[\]])*")
 _CONSTANT = re.compile(r"[ei](?![A-Za-z])")  # glued "e" or "i" is a constant (5e, 2i), not a unit
+# After the value: a factorial ("5!" is 120, not 5), then a scale ("3 million", "12k"; "5 km" is a unit).
+_FACTORIAL = re.compile(r"\s*(!+)")
+_MAX_FACTORIAL = 69  # 69! has 99 digits
+_SCALE_WORDS = {"thousand": 10 ** 3, "million": 10 ** 6, "billion": 10 ** 9, "trillion": 10 ** 12, "k": 10 ** 3}
+_SCALE = re.compile(r"\s*(thousand|million|billion|trillion)s?(?![A-Za-z])|([kK])(?![A-Za-z])", re.IGNORECASE)
 _MAX_DIGITS = 100  # longer numbers, or powers of ten beyond 1e±100, are no answer (and would cost time to build)
 
 # A number as written by a model: optional sign (not when glued to a preceding word or digit, so "16-3"
@@ -76,7 +89,8 @@ _NUM = re.compile(r"(?:(?<![\w)\]}.])[-+−])?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?
 # Prose cue before a final number: "The answer is 18", "Answer: $18", "final answer: 18".
 _NUM_CUE = re.compile(
     r"(?i:answer)(?:\s*(?i:is))?\s*[:：=]?\s*(?:\*\*)?\s*[:：]?\s*(?:\*\*)?\s*\\?\$?\s*"
-    r"((?:(?<![\w)])[-+−])?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?)"
+    r"((?:(?<![\w)])[-+−])?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?"
+    r"(?:\s*(?i:thousand|million|billion|trillion)(?![A-Za-z])|[kK](?![A-Za-z]))?)"
 )
 _HASHES = re.compile(r"####\s*\$?\s*([-+−]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?)")
 
@@ -112,6 +126,22 @@ _CODE_TOPLEVEL = re.compile(r"^(?:def |class |import |from |@|#|if |for |while |
                             r"[A-Za-z_][\w.\[\], ]*\s*(?:=|\())")
 
 
+def _group_end(text: str, i: int) -> int | None:
+    """Index just past the brace that closes the group opened before text[i], or None when it never closes."""
+    depth = 1
+    while i < len(text) and depth:
+        ch = text[i]
+        if ch == "\\" and i + 1 < len(text) and text[i + 1] in "{}":
+            i += 2  # an escaped brace (\{ or \}) is content, not structure
+            continue
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+        i += 1
+    return None if depth else i
+
+
 def find_boxes(text: str) -> list[str]:
     """Contents of every complete `\\boxed{...}` / `\\fbox{...}` in order; a box cut off by truncation is skipped."""
     out: list[str] = []
@@ -120,28 +150,30 @@ def find_boxes(text: str) -> list[str]:
         m = _BOX_START.search(text, pos)
         if m is None:
             return out
-        depth = 1
-        i = m.end()
-        while i < len(text) and depth:
-            ch = text[i]
-            if ch == "\\" and i + 1 < len(text) and text[i + 1] in "{}":
-                i += 2  # an escaped brace (\{ or \}) is content, not structure
-                continue
-            if ch == "{":
-                depth += 1
-            elif ch == "}":
-                depth -= 1
-            i += 1
-        if depth:
+        end = _group_end(text, m.end())
+        if end is None:
             # Unbalanced: the generation stopped inside this box. Keep looking only after its opening brace,
             # because a later complete box could still follow in pathological text.
             pos = m.end()
             continue
-        out.append(text[m.end():i - 1])
-        pos = i
+        out.append(text[m.end():end - 1])
+        pos = end
+
+
+def _unbox(content: str, most: int = 8) -> str:
+    """A box's content with the boxes inside it unwrapped: \\boxed{\\boxed{18}} states 18, and
+    \\boxed{\\boxed{3} or \\boxed{4}} states two numbers. At most `most` inner boxes (hostile text stays cheap)."""
+    for _ in range(most):
+        m = _BOX_START.search(content)
+        end = _group_end(content, m.end()) if m else None
+        if end is None:
+            break
+        content = content[:m.start()] + content[m.end():end - 1] + content[end:]
+    return content
 
 
 def _strip_text_cmds(s: str) -> str:
+    s = _FONT_SWITCH.sub("", s)
     # Nested \text{\textbf{B}} needs a few passes; four is more than any real output uses.
     for _ in range(4):
         new = _TEXT_CMD.sub(lambda m: m.group(1), s)
@@ -250,9 +282,10 @@ def _balanced(s: str) -> bool:
 
 
 def _after_equals(s: str) -> str | None:
-    """The value side of "x = 5" or "2 + 3 = 5": after the last "=". None for two assignments ("x=5, y=3")."""
+    """The value side of "x = 5" or "2 + 3 = 5": after the last "=". None for two assignments ("x=5, y=3",
+    "x = 3 or x = 4", "x = 1 \\quad x = 2")."""
     parts = s.split("=")
-    if any(re.search(r",\s*[A-Za-z]|;|\band\b", middle) for middle in parts[1:-1]):
+    if any(re.search(r",\s*[A-Za-z]|;|\b(?:and|or)\b|\\q?quad", middle) for middle in parts[1:-1]):
         return None
     return parts[-1].strip()
 
@@ -262,8 +295,9 @@ def _number_from_math(s: str) -> Fraction | None:
 
     Accepted: 18, -5, +5, .5, 18.00, 1,000 (well-formed groups only), 1 234 567, 1{,}234, 1\\,234, 5.0e2, 10^3,
     10^{-2}, 2.5 \\times 10^{3}, \\frac{1}{2}, \\frac12, 3/4, 2\\frac{1}{2} and 2 1/2 (mixed: 2.5), with "$", "%",
-    degrees, words and units around it (18 dollars, 5 km^2, Total: 18) and anything before a last "=". Refused:
-    a second number or an operator (0.1 + 0.2, 8 or 9, 2\\pi, 3 \\times 4), malformed groups (1,2345; 3,5).
+    degrees, words and units around it (18 dollars, 5 km^2, Total: 18) and anything before a last "=", a factorial
+    (5! = 120) and a scale (3 million, 12k). Refused: a second number or an operator (0.1 + 0.2, 8 or 9, 2\\pi,
+    3 \\times 4, 5!/3!), two assignments (x = 3 or x = 4), malformed groups (1,2345; 3,5).
     """
     s = _after_equals(_clean_math(s))
     if not s:
@@ -276,12 +310,26 @@ def _number_from_math(s: str) -> Fraction | None:
         m = pattern.match(s, start.end())
         if m is None:
             continue
-        value = _form_value(form, m)
-        rest = _UNIT_RATIO.sub(" ", _UNIT_POWER.sub("", s[m.end():]))
+        value, rest = _factorial_and_scale(_form_value(form, m), s[m.end():])
+        rest = _UNIT_RATIO.sub(" ", _UNIT_POWER.sub("", rest))
         if value is None or not _SUFFIX_OK.fullmatch(rest) or _CONSTANT.match(rest):
             return None
         return sign * value
     return None
+
+
+def _factorial_and_scale(value: Fraction | None, rest: str) -> tuple[Fraction | None, str]:
+    """Apply what follows the value: "5!" is 120 (whole numbers up to _MAX_FACTORIAL, else no answer), then
+    "3 million" and "12k" scale it. Returns the value and what is left after them."""
+    fact = _FACTORIAL.match(rest)
+    if fact and value is not None:
+        if len(fact.group(1)) > 1 or value.denominator != 1 or not 0 <= value <= _MAX_FACTORIAL:
+            return None, rest  # 5!! (a double factorial), 2.5!, 100!: no answer
+        value, rest = Fraction(math.factorial(int(value))), rest[fact.end():]
+    scale = _SCALE.match(rest)
+    if scale and value is not None:
+        value, rest = value * _SCALE_WORDS[(scale.group(1) or scale.group(2)).lower()], rest[scale.end():]
+    return value, rest
 
 
 def normalize_number(s: str | float | None) -> str | None:
@@ -306,18 +354,22 @@ def normalize_letter(s: str | None) -> str | None:
     t = t.strip("*_ ").strip()
     # A leading label such as "Answer: C" or "Option (B)".
     t = re.sub(r"^(?i:(?:the\s+)?(?:final\s+)?(?:answer|option|choice)\s*(?:is)?\s*[:：]?\s*)", "", t).strip()
+    t = t.strip("{} ")
     if len(t) == 1 and t.upper() in LETTERS:
         return t.upper()
-    # Upper case letter followed by a delimiter and maybe the option's text: "B. 4.2", "(C) X", "B) 4.2".
-    m = re.match(r"^\(?([A-J])\s*(?:\)|\.|:|$)", t)
+    two = _TWO_LETTERS.match(t)
+    if two and two.group(1).upper() != two.group(2).upper():
+        return None  # "(A) and (C)": two different answers
+    # Upper case letter followed by a delimiter and maybe the option's text: "B. 4.2", "(C) X", "B) 4.2", "B, as".
+    m = re.match(r"^\(?([A-J])\s*(?:\)|\.|:|,|$)", t)
     if m:
         return m.group(1)
     m = re.match(r"^\(([a-j])\)", t)  # "(b)": parentheses make a lower-case letter unambiguous
     if m:
         return m.group(1).upper()
-    if re.fullmatch(r"[a-j]\s*[.)]", t):  # "b." / "b)"
-        return t[0].upper()
-    return None
+    # "b." / "b)" alone, or followed by the option's text ("b) 4.2 mol"); "e.g." is not a label.
+    m = re.match(r"^([a-j])\s*[.)](?:\s+\S|\s*$)", t)
+    return m.group(1).upper() if m else None
 
 
 def normalize_option(s: str | None) -> str | None:
@@ -327,7 +379,10 @@ def normalize_option(s: str | None) -> str | None:
     t = _strip_text_cmds(str(s)).replace("$", "").replace("\\(", "(").replace("\\)", ")").strip()
     t = t.strip("*_ ").strip()
     t = re.sub(r"^(?i:(?:the\s+)?(?:final\s+)?(?:answer|option|choice)\s*(?:is)?\s*[:：]?\s*)", "", t).strip()
-    t = re.sub(r"^(?i:(?:option|choice)\s*)", "", t)
+    t = re.sub(r"^(?i:(?:option|choice)\s*)", "", t).strip("{} ")
+    two = _TWO_OPTIONS.match(t)
+    if two and two.group(1) != two.group(2):
+        return None  # "(1) or (2)": two different answers
     m = re.match(r"^\(?([1-9])\s*(?:\)|\.(?!\d)|:|$)", t)
     return m.group(1) if m else None
 
@@ -406,9 +461,10 @@ def extract_answer(text: str, answer_type: str, options: list[str] | None = None
         return None, "none"
     boxes = find_boxes(text)
     if boxes:
-        pred = _NORMALIZERS[answer_type](boxes[-1])
+        content = _unbox(boxes[-1])
+        pred = _NORMALIZERS[answer_type](content)
         if pred is None and options and answer_type in ("letter", "option"):
-            pred = _label_by_text(boxes[-1], options, answer_type)
+            pred = _label_by_text(content, options, answer_type)
         return (pred, "boxed") if pred is not None else (None, "none")
     region = _answer_region(text)
     if region is None:

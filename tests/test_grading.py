@@ -363,3 +363,130 @@ def test_build_program_humaneval_layouts() -> None:
 def test_build_program_mbpp_layout() -> None:
     meta = {"entry_point": "add", "prelude": "import math", "tests": "assert add(1, 2) == 3"}
     assert build_program(CODE, meta) == f"import math\n\n{CODE}\n\n{TESTS_MARK} add\nassert add(1, 2) == 3\n"
+
+
+# ------------------------------------------------------------------- issue 19: held-out strings per class
+# (class, model output, answer type, expected prediction). Written beside the issue's examples, not from them:
+# several per class, and near-misses that must keep their reading.
+HELD_OUT = [
+    # A box inside a box: the inner box is the answer.
+    ("nested", r"\boxed{\boxed{18}}", "number", "18"),
+    ("nested", r"So the total is $\boxed{\boxed{\frac{1}{2}}}$.", "number", "0.5"),
+    ("nested", r"\boxed{x = \boxed{7}}", "number", "7"),
+    ("nested", r"\boxed{\fbox{42}}", "integer", "42"),
+    ("nested", r"The answer is \boxed{\boxed{B}}", "letter", "B"),
+    ("nested", r"\boxed{\text{\boxed{C}}}", "letter", "C"),
+    ("nested", r"\boxed{\boxed{2}}", "option", "2"),
+    ("nested-near", r"\boxed{\boxed{3} \text{ or } \boxed{4}}", "number", None),
+    ("nested-near", r"cut off \boxed{\boxed{18}", "number", "18"),  # the inner box is complete
+    # Two different answers in one box: no answer.
+    ("two", r"\boxed{x = 3 \text{ or } x = 4}", "number", None),
+    ("two", r"\boxed{x = 3 or x = 4}", "number", None),
+    ("two", r"\boxed{x = -2 \quad x = 5}", "number", None),
+    ("two", r"\boxed{x = 1 \text{ and } x = 2}", "integer", None),
+    ("two", r"\boxed{(A) and (C)}", "letter", None),
+    ("two", r"\boxed{A, C}", "letter", None),
+    ("two", r"\boxed{B \text{ or } D}", "letter", None),
+    ("two", r"\boxed{\text{(A) and (D)}}", "letter", None),
+    ("two", r"\boxed{A/C}", "letter", None),
+    ("two", r"\boxed{(1) or (2)}", "option", None),
+    ("two-near", r"\boxed{2 + 3 = 5}", "number", "5"),
+    ("two-near", r"\boxed{y = 2x + 1 = 7}", "number", "7"),
+    ("two-near", r"\boxed{(C) X and Y}", "letter", "C"),  # the option's own text holds "and"
+    ("two-near", r"\boxed{A. Aspirin and heparin}", "letter", "A"),
+    ("two-near", r"\boxed{B, because it binds}", "letter", "B"),
+    # Scale words: the number they scale.
+    ("scale", r"\boxed{3 \text{ million}}", "number", "3000000"),
+    ("scale", r"\boxed{3 million}", "number", "3000000"),
+    ("scale", r"\boxed{12k}", "number", "12000"),
+    ("scale", r"\boxed{\$12K}", "number", "12000"),
+    ("scale", r"\boxed{1 thousand}", "number", "1000"),
+    ("scale", r"\boxed{2.5 billion}", "number", "2500000000"),
+    ("scale", r"\boxed{\$1.2 \text{ Million dollars}}", "number", "1200000"),
+    ("scale", r"\boxed{4 thousand}", "integer", "4000"),
+    ("scale", "She will have saved 3 million dollars.\nThe answer is 3 million.", "number", "3000000"),
+    ("scale-near", r"\boxed{5 km}", "number", "5"),
+    ("scale-near", r"\boxed{12 kg}", "number", "12"),
+    ("scale-near", r"\boxed{3 m}", "number", "3"),
+    ("scale-near", r"\boxed{10 kWh}", "number", "10"),
+    ("scale-near", r"\boxed{2 kilometers}", "number", "2"),
+    ("scale-near", r"\boxed{1,000}", "number", "1000"),
+    # An expression whose value is not its leading number.
+    ("expression", r"\boxed{5!}", "number", "120"),
+    ("expression", r"\boxed{3!}", "integer", "6"),
+    ("expression", r"\boxed{0!}", "number", "1"),
+    ("expression", r"\boxed{10!}", "number", "3628800"),
+    ("expression", r"\boxed{-4!}", "number", "-24"),
+    ("expression-near", r"\boxed{5! = 120}", "number", "120"),
+    ("expression-near", r"\boxed{5!/3!}", "number", None),
+    ("expression-near", r"\boxed{2.5!}", "number", None),
+    ("expression-near", r"\boxed{5!!}", "number", None),
+    ("expression-near", r"\boxed{100!}", "number", None),  # 158 digits: beyond the bound
+    ("expression-near", r"\boxed{18 dollars!}", "number", "18"),  # punctuation after a word
+    # Option letters inside other text commands.
+    ("textcmd", r"\boxed{\texttt{B}}", "letter", "B"),
+    ("textcmd", r"\boxed{\emph{C}}", "letter", "C"),
+    ("textcmd", r"\boxed{\textsf{(D)}}", "letter", "D"),
+    ("textcmd", r"\boxed{\textsc{a}}", "letter", "A"),
+    ("textcmd", r"\boxed{\underline{E}}", "letter", "E"),
+    ("textcmd", r"\boxed{{\bf B}}", "letter", "B"),
+    ("textcmd", r"\boxed{\mathtt{A}}", "letter", "A"),
+    ("textcmd", r"\boxed{\texttt{2}}", "option", "2"),
+    ("textcmd-near", r"\boxed{\emph{A patient}}", "letter", None),
+    ("textcmd-near", r"\boxed{\texttt{None}}", "letter", None),
+    # An option letter followed by its text inside the box.
+    ("label-text", r"\boxed{b) 4.2 mol}", "letter", "B"),
+    ("label-text", r"\boxed{c) Colorectal cancer}", "letter", "C"),
+    ("label-text", r"\boxed{a. 12 m/s}", "letter", "A"),
+    ("label-text", r"\boxed{\text{d) none of the above}}", "letter", "D"),
+    ("label-text", r"\boxed{(e) Gout}", "letter", "E"),
+    ("label-text-near", r"\boxed{a patient}", "letter", None),
+    ("label-text-near", r"\boxed{e.g. the second}", "letter", None),
+    ("label-text-near", r"\boxed{4.2 mol}", "letter", None),
+    # Written after the fix and run once, unchanged (all held).
+    ("nested", r"\boxed{\boxed{\text{(B)}}}", "letter", "B"),
+    ("nested", r"Final: \fbox{\boxed{-3}}", "number", "-3"),
+    ("nested", r"\boxed{\boxed{x} = 5}", "number", "5"),
+    ("two", r"\boxed{x = 2 \text{ or } x = -2}", "number", None),
+    ("two", r"\boxed{n = 4, n = 6}", "integer", None),
+    ("two", r"\boxed{\text{A or C}}", "letter", None),
+    ("two", r"\boxed{(B), (D)}", "letter", None),
+    ("two", r"\boxed{C \text{ and } E}", "letter", None),
+    ("two", r"\boxed{1 \text{ or } 2}", "option", None),
+    ("scale", r"\boxed{7 million}", "number", "7000000"),
+    ("scale", r"\boxed{\$4.5\text{k}}", "number", "4500"),
+    ("scale", r"\boxed{20 thousand people}", "number", "20000"),
+    ("scale", r"\boxed{1.25 Billion}", "number", "1250000000"),
+    ("scale-near", r"\boxed{6 kilograms}", "number", "6"),
+    ("scale-near", r"\boxed{9 ms}", "number", "9"),
+    ("expression", r"\boxed{4!}", "integer", "24"),
+    ("expression", r"\boxed{6!}", "number", "720"),
+    ("expression", r"\boxed{7! \text{ ways}}", "number", "5040"),
+    ("expression-near", r"\boxed{3!\cdot 2}", "number", None),
+    ("textcmd", r"\boxed{\textit{D}}", "letter", "D"),
+    ("textcmd", r"\boxed{\texttt{(A)}}", "letter", "A"),
+    ("textcmd", r"\boxed{\emph{b}}", "letter", "B"),
+    ("textcmd", r"\boxed{\textsf{C}}", "letter", "C"),
+    ("label-text", r"\boxed{d) Hyperkalemia}", "letter", "D"),
+    ("label-text", r"\boxed{a) 3.1 J}", "letter", "A"),
+    ("label-text", r"\boxed{c. increased pressure}", "letter", "C"),
+    ("label-text-near", r"\boxed{an increase}", "letter", None),
+    ("label-text-near", r"\boxed{i.e. the first}", "letter", None),
+]
+
+
+@pytest.mark.parametrize(("kind", "text", "answer_type", "pred"), HELD_OUT,
+                         ids=[f"{k}-{i}" for i, (k, *_) in enumerate(HELD_OUT)])
+def test_held_out_classes(kind: str, text: str, answer_type: str, pred: str | None) -> None:
+    got, path = extract_answer(text, answer_type)
+    assert got == pred, (kind, text, got)
+    assert path == ("none" if pred is None else "fallback" if "boxed" not in text else "boxed")
+    if pred is not None:
+        assert is_correct(got, pred, answer_type)
+
+
+def test_two_answers_are_wrong_against_either_gold() -> None:
+    for text, golds in [(r"\boxed{x = 3 \text{ or } x = 4}", ("3", "4")), (r"\boxed{(A) and (C)}", ("A", "C"))]:
+        kind = "letter" if "A" in golds else "number"
+        pred, _ = extract_answer(text, kind)
+        assert not any(is_correct(pred, g, kind) for g in golds)
