@@ -216,10 +216,12 @@ def rollback(state: KVState):
 _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> its compiled one-token step
 
 
-def compile_steps(model) -> None:
+def compile_steps(model, backend: str = "inductor") -> None:
     """Run every one-token step (decoding, latent steps) of `model` through torch.compile (dynamic shapes: the
-    cache grows). Meant for GPU nodes: the first steps pay the compilation (tens of seconds)."""
-    _COMPILED[model] = (torch.compile(model, dynamic=True), torch.compile(architecture.decoder(model), dynamic=True))
+    cache grows). Meant for GPU nodes: the first steps pay the compilation (tens of seconds). `backend`: torch's
+    (bench/gpu_check.py --tiny takes a quick one on CPU, where inductor compiles for minutes)."""
+    _COMPILED[model] = (torch.compile(model, dynamic=True, backend=backend),
+                        torch.compile(architecture.decoder(model), dynamic=True, backend=backend))
 
 
 def _positions(state: KVState, new_mask: torch.Tensor) -> torch.Tensor:

