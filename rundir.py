@@ -295,7 +295,8 @@ def new_run_dir(parent: Path, name: str) -> Path:
 
 def why_not(path: Path, e: OSError) -> str:
     """The reason a folder cannot be made or used, in words a user can act on."""
-    return "it is a file, not a folder" if path.exists() and not path.is_dir() else e.strerror
+    # os.path's tests answer False where Path.exists raises (a name too long, a folder without permission)
+    return "it is a file, not a folder" if os.path.exists(path) and not os.path.isdir(path) else e.strerror
 
 
 def _holder_note(f: IO, wait_s: float = 2.0) -> str:
@@ -464,7 +465,7 @@ def _claim(cfg: RunConfig, launch, resume: str | None) -> tuple[Path, bool, bool
     run_dir = cfg.output.run_dir
     if resume or run_dir:
         chosen = Path(resume or run_dir)
-        created = not chosen.exists()
+        created = not os.path.exists(chosen)
         try:
             chosen.mkdir(parents=True, exist_ok=True)
         except OSError as e:

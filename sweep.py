@@ -29,12 +29,15 @@ I, I+N, ... (a SLURM array, one process per GPU); several processes on one sweep
 from __future__ import annotations
 
 import argparse
+import collections
 import hashlib
 import itertools
 import json
+import math
 import os
 import re
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +46,7 @@ from config import (
     FLAGS,
     ConfigError,
     RunConfig,
+    _bounded,
     add_settings,
     check,
     experiment_values,
@@ -57,6 +61,9 @@ from registry import TASKS
 from rundir import CONFIG, SUMMARY, RunDir, RunDirError, collect, describe_diff, read_config, write_atomic
 
 LABEL = "sweep"
+# cells a sweep may have unless raised on purpose (--max_cells): every cell is checked and listed before anything
+# runs (about 1-2 ms each), and a grid this large is more often a typo (an extra axis) than a plan
+MAX_CELLS = 10_000
 MODEL_KEYS = ("model_name", "device", "dtype", "attn_implementation", "device_map", "max_memory", "compile")
 # settings that the uncompressed reference of --fidelity does not depend on: cells differing only in these share it
 REFERENCE_FREE = frozenset({"kv_policy", "kv_keep", "kv_min_keep", "kv_scope", "kv_query", "kv_protect",
@@ -132,6 +139,23 @@ def read_sweep(path: str, overrides: dict) -> tuple[dict, list[dict]]:
     return base, entries
 
 
+def grid_size(base: dict, entries: list[dict]) -> int:
+    """How many cells `expand` would build, before any is built: per sub-grid the product of its axes' lengths (an
+    upper bound: duplicates are dropped later)."""
+    total = 0
+    for entry in entries or [{}]:
+        merged = {**base, **entry}
+        total += math.prod(len(v) for v in merged.values() if isinstance(v, tuple))
+    return total
+
+
+def check_size(size: int, path, max_cells: int = MAX_CELLS) -> None:
+    if size > max_cells:
+        raise ConfigError(f"{LABEL} {path}: the grid has {size} cells (the product of its axes' lengths), over the "
+                         f"limit of {max_cells}; drop an axis or split the file, or raise the limit on purpose with "
+                         f"--max_cells {size}")
+
+
 def expand(base: dict, entries: list[dict]) -> list[dict]:
     """Every cell's settings: per sub-grid (or the file alone) the cross product of its axes and the top level's
     (a sub-grid's value wins over the top level's), in file order, first axis slowest; duplicates dropped."""
@@ -168,11 +192,13 @@ def name_part(key: str, value) -> str:
         text = p.name if key == "model_name" else p.stem
     else:
         text = f"{value:g}" if isinstance(value, float) else str(value)
+    text = re.sub(r"[^A-Za-z0-9._+-]+", "-", text)  # no path separators, spaces or shell characters
     if key in PREFIX:
         text = PREFIX[key] + text
-    elif key not in BARE:
+    elif key not in BARE or not re.search(r"[A-Za-z0-9]", text) or text.startswith("-"):
+        # a bare "", ".", ".." would name output_dir or its parent, and "-x" reads as an option in a shell
         text = f"{key}-{text}"
-    return re.sub(r"[^A-Za-z0-9._+-]+", "-", text)
+    return text
 
 
 def cell_names(cells: list[dict], keys: list[str]) -> list[str]:
@@ -181,19 +207,32 @@ def cell_names(cells: list[dict], keys: list[str]) -> list[str]:
     names = ["_".join(name_part(k, c[k]) for k in keys if k in c) or "run" for c in cells]
     digest = [hashlib.sha1(json.dumps(c, sort_keys=True, default=str).encode()).hexdigest()[:6] for c in cells]
     names = [n if len(n) <= 150 else f"{n[:140]}-{d}" for n, d in zip(names, digest)]
-    clash = {n for n in names if names.count(n) > 1}
-    return [f"{n}-{d}" if n in clash else n for n, d in zip(names, digest)]
+    counts = collections.Counter(names)
+    return [f"{n}-{d}" if counts[n] > 1 else n for n, d in zip(names, digest)]
 
 
-def plan(path: str, overrides: dict) -> Sweep:
-    """The sweep's cells, checked, named and ordered (grouped by model), without touching the disk."""
+def cell_path(folder: Path, name: str) -> Path:
+    """FOLDER/NAME, checked to be a folder directly inside FOLDER (name_part makes names safe; this is the guard
+    that a change there can never write outside the sweep's folder)."""
+    path = folder / name
+    if name in ("", ".", "..") or "/" in name or os.sep in name or "\0" in name \
+            or Path(os.path.normpath(path)).parent != Path(os.path.normpath(folder)):
+        raise ConfigError(f"{LABEL}: the cell name {name!r} would not be a folder inside {folder}")
+    return path
+
+
+def plan(path: str, overrides: dict, max_cells: int = MAX_CELLS) -> Sweep:
+    """The sweep's cells, checked, named and ordered (grouped by model), without touching the disk. A grid over
+    max_cells cells is refused before any cell is built."""
     base, entries = read_sweep(path, overrides)
     as_written = read_sweep(path, {})  # names come from what the file varies, so a flag never renames a cell
+    check_size(max(grid_size(base, entries), grid_size(*as_written)), path, max_cells)
     keys = naming_keys(expand(*as_written))
     given_cells = expand(base, entries)
     names = cell_names(given_cells, keys)
     folder = Path(base.get("output_dir") or Path("runs") / f"sweep_{Path(path).stem}")
-    cells = [_checked(Cell(i, name, given, folder / name)) for i, (name, given) in
+    teams: dict = {}
+    cells = [_checked(Cell(i, name, given, cell_path(folder, name)), teams) for i, (name, given) in
              enumerate(zip(names, given_cells))]
     # cells that end up with the same settings (a flag collapsed an axis, knn_filter spells a policy) run once
     unique, seen, duplicates = [], set(), 0
@@ -213,8 +252,9 @@ def plan(path: str, overrides: dict) -> Sweep:
     return Sweep(Path(path), folder, unique, keys, duplicates)
 
 
-def _checked(cell: Cell) -> Cell:
-    """The cell's configuration and team, or the one line saying why the rules refuse it."""
+def _checked(cell: Cell, teams: dict | None = None) -> Cell:
+    """The cell's configuration and team, or the one line saying why the rules refuse it. `teams`: teams read so
+    far, by what they are read from (a sweep reads each team file once, not once per cell)."""
     given = {**cell.given, "run_dir": str(cell.path)}
     try:
         cell.cfg = RunConfig().updated(given)
@@ -222,7 +262,12 @@ def _checked(cell: Cell) -> Cell:
         normalize(cfg)
         cell.warnings = check(cfg, given)
         Launch.from_config(cfg, env={})
-        cell.cfg, cell.team = cfg, runner.team_of(cfg)
+        key = (cfg.method == "baseline", cfg.team.agents, cfg.team.prompt, cfg.team.first_agent_text)
+        if teams is None or key not in teams:
+            team = runner.team_of(cfg)
+            if teams is not None:
+                teams[key] = team
+        cell.cfg, cell.team = cfg, teams[key] if teams is not None else team
     except RunError as e:
         cell.refused = str(e)
     return cell
@@ -233,8 +278,11 @@ def _checked(cell: Cell) -> Cell:
 def disk_state(cell: Cell) -> tuple[str, str]:
     """("new" | "partial" | "complete" | "other", detail) of the cell's folder, read without writing anything."""
     p = cell.path
-    if not (p / CONFIG).exists():
-        return "new", ""
+    try:
+        if not (p / CONFIG).exists():
+            return "new", ""
+    except OSError as e:  # a name too long, a folder without permission: Path.exists raises those
+        return "other", f"unusable ({e.strerror})"
     try:
         saved = RunConfig.from_saved(read_config(p)["args"])
         diff = saved.differences(cell.cfg)
@@ -277,30 +325,29 @@ def _model_label(key: tuple) -> str:
     return f"{key[0]}" + (f" ({extra})" if extra else "")
 
 
-def listing(sweep: Sweep, mine: list[Cell], shard: tuple[int, int] | None) -> list[str]:
+def listing(sweep: Sweep, mine: list[Cell], shard: tuple[int, int] | None) -> Iterator[str]:
+    """The dry run's lines, one at a time: a cell's line is printed as soon as its folder has been looked at."""
     cells = sweep.cells
     refused = [c for c in cells if c.refused]
     models = list(dict.fromkeys(c.model_key for c in cells if not c.refused))
-    lines = [f"sweep {sweep.file}: {len(cells)} cells ({len(refused)} refused by the rules, skipped"
-             + (f"; {sweep.duplicates} duplicates dropped" if sweep.duplicates else "") + f") in {sweep.folder}"]
+    yield (f"sweep {sweep.file}: {len(cells)} cells ({len(refused)} refused by the rules, skipped"
+           + (f"; {sweep.duplicates} duplicates dropped" if sweep.duplicates else "") + f") in {sweep.folder}")
     if shard:
-        lines.append(f"cell shard {shard[0]}/{shard[1]}: cells {shard[0]}, {shard[0] + shard[1]}, ... "
-                     f"({len(mine)} of {len(cells)})")
-    lines.append(f"{'#':>4}  {'items':>12}  {'state':<10}  folder")
+        yield (f"cell shard {shard[0]}/{shard[1]}: cells {shard[0]}, {shard[0] + shard[1]}, ... "
+               f"({len(mine)} of {len(cells)})")
+    yield f"{'#':>4}  {'items':>12}  {'state':<10}  folder"
     total, unknown = 0, 0
     for c in mine:
         if c.refused:
-            lines.append(f"{c.index:>4}  {'-':>12}  {'refused':<10}  {c.path}: {c.refused}")
+            yield f"{c.index:>4}  {'-':>12}  {'refused':<10}  {c.path}: {c.refused}"
             continue
         n, text = item_count(c.cfg)
         total, unknown = total + (n or 0), unknown + (n is None)
         state, detail = disk_state(c)
-        lines.append(f"{c.index:>4}  {text:>12}  {state:<10}  {c.path}" + (f"  ({detail})" if detail else ""))
-    lines.append(f"items over all cells: {total}" + (f" + {unknown} cells of unknown size" if unknown else ""))
+        yield f"{c.index:>4}  {text:>12}  {state:<10}  {c.path}" + (f"  ({detail})" if detail else "")
+    yield f"items over all cells: {total}" + (f" + {unknown} cells of unknown size" if unknown else "")
     counts = {m: sum(1 for c in mine if not c.refused and c.model_key == m) for m in models}
-    lines.append("models, each loaded once: " + "; ".join(f"{_model_label(m)}: {k} cells"
-                                                          for m, k in counts.items() if k))
-    return lines
+    yield "models, each loaded once: " + "; ".join(f"{_model_label(m)}: {k} cells" for m, k in counts.items() if k)
 
 
 def warnings_once(cells: list[Cell], varied: list[str]) -> list[str]:
@@ -464,6 +511,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("file", metavar="FILE", help="sweep file: an experiment file whose keys may hold lists")
     g.add_argument("--dry_run", action="store_true", default=False,
                    help="list every cell (items, folder, state on disk) and exit: loads nothing, writes nothing")
+    g.add_argument("--max_cells", type=_bounded(int, lo=1), default=MAX_CELLS, metavar="N",
+                   help="refuse a grid of more than N cells (the product of its axes' lengths, computed before any "
+                   "cell is built); raise it on purpose for a larger sweep")
     g.add_argument("--cell_shard", type=parse_shard, default=None, metavar="I/N",
                    help="run only cells I, I+N, I+2N, ... (one of N processes: a SLURM array task, a GPU)")
     add_settings(p, defaults=False, hidden=("run_dir",))
@@ -481,14 +531,14 @@ def command(args: argparse.Namespace) -> int:
     if "run_dir" in overrides:
         raise ConfigError("--run_dir does not go with run.py sweep: each cell's folder is named by the sweep; give "
                           "--output_dir (the sweep's folder)")
-    return run_sweep(plan(args.file, overrides), args.cell_shard, args.dry_run)
+    return run_sweep(plan(args.file, overrides, args.max_cells), args.cell_shard, args.dry_run)
 
 
 def run_sweep(sweep: Sweep, shard: tuple[int, int] | None, dry_run: bool) -> int:
     cells = sweep.cells
     mine = [c for c in cells if shard is None or c.index % shard[1] == shard[0]]
     for line in listing(sweep, mine, shard):
-        print(line, file=sys.stderr if not dry_run else sys.stdout)
+        print(line, file=sys.stderr if not dry_run else sys.stdout, flush=True)
     for w in warnings_once(mine, sweep.varied):
         print(w, file=sys.stderr)
     if all(c.refused for c in cells):

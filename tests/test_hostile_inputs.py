@@ -156,3 +156,118 @@ def test_the_alias_bomb_on_the_command_line_ends_in_one_short_line(command, tmp_
                        cwd=strictfiles.Path(strictfiles.__file__).parent, timeout=60)
     assert p.returncode == 2 and time.perf_counter() - start < 15
     assert "Traceback" not in p.stderr and len(p.stdout + p.stderr) < 2000 and p.stderr.count("\n") == 1
+
+
+# --- sweep grids: sized before they are built, cell folders inside output_dir ----------------------------------------
+
+def _cli(argv, capsys) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of run.main(argv), whether it returns its code or exits with it."""
+    import run
+
+    try:
+        code = run.main(argv)
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def _axes(n: int, k: int) -> str:
+    """k axes of n values each (n^k cells), on keys a sweep may vary."""
+    keys = ["seed", "max_new_tokens", "latent_steps", "generate_bs", "top_p", "kv_keep"][:k]
+    values = {"top_p": [round(0.1 * (i + 1), 2) for i in range(n)], "kv_keep": [round(0.1 * (i + 1), 2)
+                                                                                for i in range(n)]}
+    return "".join(f"{key}: {values.get(key, list(range(1, n + 1)))}\n" for key in keys)
+
+
+def test_grid_size_is_the_product_of_the_axes_per_sub_grid():
+    import sweep
+
+    assert sweep.grid_size({"seed": (1, 2, 3), "kv_keep": (0.5, 0.9), "method": "latent_mas"}, []) == 6
+    assert sweep.grid_size({"seed": (1, 2)}, [{"kv_keep": (0.5, 0.9, 1.0)}, {"method": "baseline"}]) == 6 + 2
+    assert sweep.grid_size({"seed": (1, 2)}, [{"seed": (1,)}]) == 1  # a sub-grid's value replaces the top level's
+
+
+def test_a_million_cell_grid_is_refused_before_any_cell_is_built(tmp_path, monkeypatch, capsys):
+    import sweep
+
+    monkeypatch.setattr(sweep, "expand", lambda *a: pytest.fail("cells were built"))
+    f = tmp_path / "big.yaml"
+    f.write_text(f"method: latent_mas\nkv_policy: knorm\n{_axes(10, 6)}output_dir: {tmp_path / 'big'}\n")
+    start = time.perf_counter()
+    code, out, err = _cli(["sweep", str(f), "--dry_run"], capsys)
+    assert code == 2 and time.perf_counter() - start < 5
+    assert "1000000 cells" in err and "--max_cells 1000000" in err and "Traceback" not in err
+    assert err.count("\n") == 1 and not (tmp_path / "big").exists()
+
+
+def test_the_cell_limit_is_raised_on_purpose(tmp_path, capsys):
+    f = tmp_path / "s.yaml"
+    f.write_text(f"method: latent_mas\nkv_policy: knorm\n{_axes(3, 3)}output_dir: {tmp_path / 'sw'}\n")
+    code, _, err = _cli(["sweep", str(f), "--dry_run", "--max_cells", "26"], capsys)
+    assert code == 2 and "27 cells" in err and "--max_cells 27" in err
+    code, out, _ = _cli(["sweep", str(f), "--dry_run", "--max_cells", "27"], capsys)
+    assert code == 0 and "27 cells" in out
+
+
+HOSTILE_SPLITS = ["..", ".", "/", "a/b", "", "../..", "-", "/etc"]
+
+
+def test_cell_folders_are_safe_names_inside_output_dir(tmp_path):
+    import sweep
+
+    f = tmp_path / "esc.yaml"
+    f.write_text(f"method: baseline\nsplit: {json_list(HOSTILE_SPLITS)}\noutput_dir: {tmp_path / 'out'}\n")
+    s = sweep.plan(str(f), {})
+    assert len({c.path for c in s.cells}) == len(HOSTILE_SPLITS)
+    for c in s.cells:
+        assert c.path.parent == tmp_path / "out" and c.path.name not in ("", ".", "..")
+        assert c.path.resolve().parent == (tmp_path / "out").resolve() and not c.path.name.startswith("-")
+
+
+@pytest.mark.parametrize("name", ["..", ".", "", "a/b", "../x"])
+def test_cell_path_refuses_a_name_that_leaves_the_folder(name, tmp_path):
+    import sweep
+
+    with pytest.raises(ConfigError, match="would not be a folder inside"):
+        sweep.cell_path(tmp_path, name)
+
+
+def json_list(values) -> str:
+    import json
+
+    return json.dumps(values)
+
+
+def test_a_sweep_over_path_like_values_writes_nothing_beside_output_dir(tiny_model_dir, tmp_path, capsys):
+    parent = tmp_path / "parent"
+    parent.mkdir()
+    f = tmp_path / "esc.yaml"
+    f.write_text(f"method: baseline\nmodel_name: {tiny_model_dir}\ndevice: cpu\ntask: gsm8k\nmax_samples: 1\n"
+                 f"max_new_tokens: 2\ntemperature: 0\nsplit: ['..', '.']\noutput_dir: {parent / 'out'}\n")
+    _, _, err = _cli(["sweep", str(f)], capsys)
+    assert "Traceback" not in err
+    assert [p.name for p in parent.iterdir()] in ([], ["out"])
+    assert not list((parent / "out").glob("*.json*"))  # nothing in the sweep's own folder but cells and sweep.md
+
+
+LONG = "a" * 300  # longer than a file name may be (255 bytes on Linux file systems)
+
+
+@pytest.mark.parametrize("argv", [
+    ["--method", "baseline", "--max_samples", "1", "--output_dir", "{t}/" + LONG],
+    ["--method", "baseline", "--max_samples", "1", "--run_dir", "{t}/" + LONG],
+    ["--method", "baseline", "--max_samples", "1", "--run_dir", "{t}/" + LONG + "/x"],
+    ["sweep", "{t}/s.yaml"],
+])
+def test_a_name_too_long_ends_in_one_line(argv, tmp_path, capsys):
+    (tmp_path / "s.yaml").write_text(f"method: baseline\nmax_samples: 1\nseed: [1, 2]\noutput_dir: {tmp_path / LONG}\n")
+    code, _, err = _cli([a.replace("{t}", str(tmp_path)) for a in argv], capsys)
+    assert code == 2 and "Traceback" not in err and "File name too long" in err.strip().splitlines()[-1]
+
+
+def test_a_dry_run_lists_a_folder_it_cannot_use_instead_of_failing(tmp_path, capsys):
+    f = tmp_path / "s.yaml"
+    f.write_text(f"method: baseline\nmax_samples: 1\nseed: [1, 2]\noutput_dir: {tmp_path / LONG}\n")
+    code, out, err = _cli(["sweep", str(f), "--dry_run"], capsys)
+    assert code == 0 and "Traceback" not in err and out.count("unusable (File name too long)") == 2
