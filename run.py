@@ -18,6 +18,7 @@ import os
 import sys
 from dataclasses import dataclass
 
+import interrupts
 from errors import RunError
 
 
@@ -71,12 +72,19 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_cli().parse_args(argv)
     args.argv = argv[1:]  # the command's arguments as typed (a report records the command that made it)
+    prog = "run.py" if args.command == "run" else f"run.py {args.command}"
+    previous = interrupts.install()  # SIGTERM (a SLURM time limit) stops a run as Ctrl-C does
     try:
-        return args.handler(args)
+        return interrupts.exit_code(args.handler(args))
     except RunError as e:
-        prog = "run.py" if args.command == "run" else f"run.py {args.command}"
         print(f"{prog}: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:  # a stop while the model loads, or a second one while the first is handled
+        print(f"{prog}: interrupted; the items finished so far are on disk (continue with the same command, or "
+              "--resume RUN_DIR for a run)", file=sys.stderr)
+        return interrupts.interrupted_code()
+    finally:
+        interrupts.restore(previous)
 
 
 if __name__ == "__main__":

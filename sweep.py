@@ -566,6 +566,8 @@ def run_sweep(sweep: Sweep, shard: tuple[int, int] | None, dry_run: bool) -> int
                 break
     except RunError as e:
         error = e
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM while a cell's model or data loaded: the table is still written
+        interrupted = True
     finally:
         pool.release()
     for c in mine:

@@ -271,3 +271,111 @@ def test_a_dry_run_lists_a_folder_it_cannot_use_instead_of_failing(tmp_path, cap
     f.write_text(f"method: baseline\nmax_samples: 1\nseed: [1, 2]\noutput_dir: {tmp_path / LONG}\n")
     code, out, err = _cli(["sweep", str(f), "--dry_run"], capsys)
     assert code == 0 and "Traceback" not in err and out.count("unusable (File name too long)") == 2
+
+
+# --- SIGTERM like Ctrl-C; a second Ctrl-C and one during loading end quietly ----------------------------------------
+
+ROOT = strictfiles.Path(strictfiles.__file__).parent
+
+
+def _start(tmp_path, argv, patch: str = ""):
+    """run.py ARGV in a child process (its own session, so a signal reaches only it), after `patch` (Python that
+    slows a step down, so a signal lands there). Returns the Popen; stderr goes to tmp_path/err.log."""
+    import os
+    import subprocess
+    import sys
+
+    code = f"import sys, time\n{patch}\nimport run\nsys.exit(run.main({argv!r}))\n"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=open(tmp_path / "err.log", "w"), text=True, start_new_session=True)
+
+
+def _wait_for(cond, timeout_s: float = 120):
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.1)
+
+
+SLOW_ITEMS = ("import methods\n_get = methods.get_method\n"  # each batch takes at least half a second
+              "def _slow_method(name):\n    f = _get(name)\n"
+              "    return lambda *a, **k: (time.sleep(0.5), f(*a, **k))[1]\n"
+              "methods.get_method = _slow_method\n")
+
+
+def _run_argv(tiny_model_dir, run_dir, n: int = 40):
+    return ["--method", "baseline", "--model_name", str(tiny_model_dir), "--device", "cpu", "--task", "gsm8k",
+            "--max_samples", str(n), "--max_new_tokens", "2", "--temperature", "0", "--run_dir", str(run_dir)]
+
+
+def test_sigterm_stops_a_run_like_ctrl_c(tiny_model_dir, tmp_path):
+    import json
+    import signal
+
+    d = tmp_path / "run"
+    p = _start(tmp_path, _run_argv(tiny_model_dir, d), SLOW_ITEMS)
+    _wait_for(lambda: (d / "results.jsonl").exists() and (d / "results.jsonl").read_text().count("\n") >= 1)
+    p.send_signal(signal.SIGTERM)
+    p.communicate(timeout=60)
+    err = (tmp_path / "err.log").read_text()
+    assert p.returncode == 143, err[-500:]
+    assert "Traceback" not in err and f"--resume {d}" in err
+    summary = json.loads((d / "summary.json").read_text())
+    assert summary["complete"] is False and 1 <= summary["n"] < 40
+    from rundir import lock_run_dir
+
+    lock_run_dir(d).close()  # the lock was released (the process is gone; and nothing else holds it)
+
+
+def test_sigterm_stops_a_sweep_and_writes_its_table(tiny_model_dir, tmp_path):
+    import signal
+
+    f = tmp_path / "s.yaml"
+    f.write_text(f"method: baseline\nmodel_name: {tiny_model_dir}\ndevice: cpu\nmax_samples: 40\nmax_new_tokens: 2\n"
+                 f"temperature: 0\nseed: [1, 2]\noutput_dir: {tmp_path / 'sw'}\n")
+    p = _start(tmp_path, ["sweep", str(f)], SLOW_ITEMS)
+    first = tmp_path / "sw" / "s1" / "results.jsonl"
+    _wait_for(lambda: first.exists() and first.read_text().count("\n") >= 1)
+    p.send_signal(signal.SIGTERM)
+    p.communicate(timeout=60)
+    err = (tmp_path / "err.log").read_text()
+    assert p.returncode == 143 and "Traceback" not in err, err[-500:]
+    assert (tmp_path / "sw" / "s1" / "summary.json").exists()
+    table = (tmp_path / "sw" / "sweep.md").read_text()
+    assert "interrupted" in table and "not started" in table and "run the same command again" in err
+
+
+def test_a_second_ctrl_c_while_the_first_is_handled_ends_quietly(tiny_model_dir, tmp_path):
+    import signal
+
+    d = tmp_path / "run"
+    slow_finish = SLOW_ITEMS + ("import rundir\n_w = rundir.RunDir.write_summary\n"
+                                "def _slow_summary(self, s):\n    open(self.path / 'finishing', 'w').close()\n"
+                                "    time.sleep(30)\n    _w(self, s)\n"
+                                "rundir.RunDir.write_summary = _slow_summary\n")
+    p = _start(tmp_path, _run_argv(tiny_model_dir, d), slow_finish)
+    _wait_for(lambda: (d / "results.jsonl").exists() and (d / "results.jsonl").read_text().count("\n") >= 1)
+    p.send_signal(signal.SIGINT)
+    _wait_for(lambda: (d / "finishing").exists())
+    p.send_signal(signal.SIGINT)
+    p.communicate(timeout=60)
+    err = (tmp_path / "err.log").read_text()
+    assert p.returncode == 130 and "Traceback" not in err and "interrupted" in err.strip().splitlines()[-1]
+
+
+def test_ctrl_c_while_the_model_loads_ends_quietly(tiny_model_dir, tmp_path):
+    import signal
+
+    d = tmp_path / "run"
+    slow_load = ("import runner\n_l = runner.load_wrapper\n"
+                 "def _slow(*a, **k):\n"
+                 f"    open({str(tmp_path / 'loading')!r}, 'w').close()\n    time.sleep(30)\n    return _l(*a, **k)\n"
+                 "runner.load_wrapper = _slow\n")
+    p = _start(tmp_path, _run_argv(tiny_model_dir, d), slow_load)
+    _wait_for(lambda: (tmp_path / "loading").exists())
+    p.send_signal(signal.SIGINT)
+    p.communicate(timeout=60)
+    err = (tmp_path / "err.log").read_text()
+    assert p.returncode == 130 and "Traceback" not in err and "interrupted" in err.strip().splitlines()[-1]
+    assert not d.exists()  # nothing was written: the folder the run made is gone again
