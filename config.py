@@ -510,8 +510,10 @@ def _file_value(path: Path, key: str, name: str, value, label: str = "--config")
 
 def resumed(saved_args: dict, given: dict, run_dir: str) -> RunConfig:
     """--resume DIR: the saved run's settings, with the ones given now on top. A given setting that changes results
-    and differs from the saved run is refused: the records on disk were made without it."""
-    saved = RunConfig.from_saved(saved_args)
+    and differs from the saved run is refused: the records on disk were made without it. The saved settings are
+    checked first with the rules of a new run (a hand-edited or damaged config.json ends here in one line, before
+    anything loads)."""
+    saved = saved_run(saved_args, run_dir)
     changed = [f"--{k} {v!r} (saved: {saved.get(k)!r})" for k, v in given.items()
                if k not in RUNTIME and v != saved.get(k)]
     if changed:
@@ -519,6 +521,25 @@ def resumed(saved_args: dict, given: dict, run_dir: str) -> RunConfig:
         raise ConfigError(f"--resume {run_dir}: {', '.join(changed)} would change the results; drop {it} to continue "
                           f"the saved run, or start a new run with {it}")
     return saved.updated(given)
+
+
+def saved_run(saved_args: dict, run_dir: str) -> RunConfig:
+    """The settings in a run's config.json ("args"), each value checked as a flag's value is and the whole checked
+    as a new run is (normalize, check); keys that no setting has any more are ignored (older runs)."""
+    path = Path(run_dir) / "config.json"
+    values = {k: _file_value(path, k, k, v, "--resume") for k, v in saved_args.items() if k in FLAGS}
+    cfg = RunConfig.from_saved(values)
+    if cfg.method is None:
+        raise ConfigError(f"--resume {path}: it names no method; it is not a run's config: start a new run")
+    # what a new run would count as given: the saved values that differ from the defaults
+    given = {k: v for k, v in values.items() if v != FLAGS[k].default}
+    try:
+        probe = replace(cfg, compression=replace(cfg.compression), data=replace(cfg.data))  # normalize edits these
+        normalize(probe)
+        check(probe, given)
+    except ConfigError as e:
+        raise ConfigError(f"--resume {path}: the saved settings are refused: {e}") from None
+    return cfg
 
 
 def new_run(given: dict) -> RunConfig:

@@ -30,8 +30,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO
 
+import strictfiles
 from config import ConfigError, RunConfig
 from errors import RunError
+from strictfiles import clip
 from utils import wilson_ci
 
 CONFIG, RESULTS, SUMMARY, PARTS, LOCK_FILE = "config.json", "results.jsonl", "summary.json", "parts", "run.lock"
@@ -81,13 +83,17 @@ def write_json(path: Path, obj) -> None:
 
 def _read_json(path: Path, what: str) -> dict:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = strictfiles.parse(path.read_text(encoding="utf-8"), "json")  # NaN, Infinity, a key twice: refused
     except FileNotFoundError:
         raise RunDirError(f"{path.parent}: no {path.name} there; give a run directory this tool wrote") from None
     except OSError as e:
         raise RunDirError(f"cannot read {path} ({e.strerror}); give a run directory this tool wrote") from None
-    except ValueError as e:  # bad JSON, or bytes that are not UTF-8
-        raise RunDirError(f"{path} is not valid JSON ({e}); it is not a run's {what}: start a new run") from None
+    except strictfiles.DocumentError as e:
+        said = f"{path} is {e}" if str(e).startswith("not valid") else f"{path}: {e}"
+        raise RunDirError(f"{said}; it is not a run's {what} as this tool writes it: start a new run") from None
+    except ValueError as e:  # bytes that are not UTF-8
+        raise RunDirError(f"{path} is not valid JSON ({clip(e)}); it is not a run's {what}: start a new run") \
+            from None
     if not isinstance(data, dict):
         raise RunDirError(f"{path} is not a JSON object; it is not a run's {what}: start a new run")
     return data
@@ -111,9 +117,9 @@ def load_config(run_dir: Path) -> tuple[dict, RunConfig]:
 
 def _record(line: bytes, path: Path, n: int) -> dict:
     try:
-        rec = json.loads(line)
+        rec = strictfiles.parse(line, "json")  # NaN, Infinity, a key twice: refused (this tool never writes them)
     except ValueError as e:  # bad JSON, or bytes that are not UTF-8
-        why = f"not JSON: {e}"
+        why = "not JSON: " + clip(str(e).removeprefix("not valid JSON (").removesuffix(")"))
     else:
         if isinstance(rec, dict) and isinstance(rec.get("index"), int) and not isinstance(rec["index"], bool):
             return rec

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import runner
+import strictfiles
 from config import (
     FLAGS,
     ConfigError,
@@ -287,7 +288,7 @@ def disk_state(cell: Cell) -> tuple[str, str]:
         saved = RunConfig.from_saved(read_config(p)["args"])
         diff = saved.differences(cell.cfg)
         done = len(collect(p))
-        summary = json.loads((p / SUMMARY).read_text()) if (p / SUMMARY).exists() else None
+        summary = strictfiles.parse((p / SUMMARY).read_text(), "json") if (p / SUMMARY).exists() else None
     except (RunDirError, OSError, ValueError) as e:
         return "other", f"unreadable ({e})"
     if diff:
@@ -479,7 +480,7 @@ def table(cells: list[Cell]) -> list[str]:
         s = {}
         if not c.refused and (c.path / SUMMARY).exists():
             try:
-                s = json.loads((c.path / SUMMARY).read_text())
+                s = strictfiles.parse((c.path / SUMMARY).read_text(), "json")
             except (OSError, ValueError):
                 s = {}
         status = c.status + (f": {c.note}" if c.note else "")

@@ -379,3 +379,75 @@ def test_ctrl_c_while_the_model_loads_ends_quietly(tiny_model_dir, tmp_path):
     err = (tmp_path / "err.log").read_text()
     assert p.returncode == 130 and "Traceback" not in err and "interrupted" in err.strip().splitlines()[-1]
     assert not d.exists()  # nothing was written: the folder the run made is gone again
+
+
+# --- --resume checks the saved settings with the rules of a new run, before the model loads --------------------------
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_model_dir, tmp_path_factory):
+    import run
+
+    out = tmp_path_factory.mktemp("finished")
+    assert run.main(["--method", "baseline", "--model_name", str(tiny_model_dir), "--device", "cpu", "--task",
+                     "gsm8k", "--max_samples", "2", "--max_new_tokens", "2", "--temperature", "0",
+                     "--output_dir", str(out)]) == 0
+    (rd,) = out.iterdir()
+    return rd
+
+
+@pytest.mark.parametrize("key, value, words", [
+    ("method", "bogus", "'bogus' is not one of"),
+    ("kv_keep", 7, "outside (0, 1]"),
+    ("seed", "abc", "seed"),
+    ("max_new_tokens", None, "needs a value"),
+    ("kv_policy", "knorm", "works on the shared cache of --method latent_mas"),  # a combination a new run refuses
+    ("prompt", ["sequential"] * 10 ** 5, "give one value, not list"),
+])
+def test_resume_refuses_edited_settings_before_the_model_loads(key, value, words, finished_run, tmp_path,
+                                                               monkeypatch, capsys):
+    import json
+    import shutil
+
+    import models
+
+    d = tmp_path / "edited"
+    shutil.copytree(finished_run, d, ignore=shutil.ignore_patterns("run.lock"))
+    config = json.loads((d / "config.json").read_text())
+    config["args"][key] = value
+    (d / "config.json").write_text(json.dumps(config))
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("the model loaded"))
+    code, _, err = _cli(["--resume", str(d)], capsys)
+    assert code == 2 and "Traceback" not in err and len(err) < 600
+    assert words in err and f"{d / 'config.json'}" in err and err.count("\n") == 1
+
+
+def test_resume_still_takes_an_untouched_saved_run(finished_run, tmp_path, capsys):
+    import shutil
+
+    d = tmp_path / "copy"
+    shutil.copytree(finished_run, d, ignore=shutil.ignore_patterns("run.lock"))
+    code, _, err = _cli(["--resume", str(d)], capsys)
+    assert code == 0, err
+
+
+# --- run files are read as strict JSON ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("file, edit", [
+    ("summary.json", lambda t: t.replace('"accuracy": ', '"accuracy": NaN, "x": ', 1)),
+    ("summary.json", lambda t: t.replace('"n": ', '"n": Infinity, "y": ', 1)),
+    ("config.json", lambda t: t.replace('"args": {', '"args": {"seed": 1, "seed": 2, ', 1)),
+    ("results.jsonl", lambda t: t.replace('"correct": ', '"time_s": NaN, "correct": ', 1)),
+])
+def test_run_files_with_nan_or_duplicate_keys_are_refused_naming_the_file(file, edit, finished_run, tmp_path,
+                                                                          capsys):
+    import shutil
+
+    from rundir import RunDirError, read_run
+
+    d = tmp_path / "edited"
+    shutil.copytree(finished_run, d, ignore=shutil.ignore_patterns("run.lock"))
+    (d / file).write_text(edit((d / file).read_text()))
+    with pytest.raises(RunDirError, match=file):
+        read_run(d)
+    code, _, err = _cli(["report", str(d), "--out", str(tmp_path / "rep")], capsys)
+    assert code == 2 and "Traceback" not in err and file in err and err.count("\n") == 1
