@@ -44,6 +44,9 @@ from strictfiles import clip, shown
 
 # choices the CLI offers before torch loads (compression.SCOPES and kv_state.POSITION_MODES hold the same names)
 SCOPES = ("shared", "layer", "head")
+HANDOFFS = ("all", "latent_only", "sequential_info_only")
+THINK_DEFAULT = "<think>"  # what the public LatentMAS code appends for --think
+THINK_BEFORE = "<think>\n"  # what --think (a switch then) appended before it took a string
 POSITIONS = ("original", "rerotate", "shift")
 
 
@@ -74,12 +77,13 @@ def _bounded(kind, lo=None, hi=None, lo_open=False, hi_open=False, extra_ok=()):
 
 
 def setting(default, help: str, *, parse=None, choices=None, flag: str | None = None, aliases=(),
-            metavar: str | None = None, runtime: bool = False, summary: bool = True):
+            metavar: str | None = None, runtime: bool = False, summary: bool = True, const: str | None = None):
     """A field that is one command-line flag. runtime: never changes a run's records; summary (compression only):
-    part of the summary's `compression` settings."""
+    part of the summary's `compression` settings; const: the flag's value may be left out (it is then `const`; in an
+    experiment file `true` means `const` and `false` the default)."""
     return field(default=default, metadata={"help": help, "parse": parse, "choices": choices, "flag": flag,
                                             "aliases": tuple(aliases), "metavar": metavar, "runtime": runtime,
-                                            "summary": summary})
+                                            "summary": summary, "const": const})
 
 
 # --- the sections ----------------------------------------------------------------------------------------------------
@@ -92,11 +96,15 @@ class TeamConfig:
     prompt: str = setting("sequential", "topology: sequential (each agent on the earlier agents' work), hierarchical "
                           "(independent workers, the last agent reads them all), chain-hierarchical (hierarchical "
                           "prompts on one chained cache, as the reference code)", choices=tuple(TOPOLOGIES))
-    agents: str | None = setting(None, "team file (JSON/YAML, see teams/); default: the shipped team of --prompt",
+    agents: str | None = setting(None, "team file (JSON/YAML, see teams/); default: the shipped team of --prompt. "
+                                 "baseline takes a one-agent team. {prompt} and {task} in the path are replaced "
+                                 "by the run's (baseline: {prompt} is 'baseline'), e.g. teams/ref/{prompt}_{task}.yaml",
                                  metavar="FILE")
     first_agent_text: bool = setting(False, "latent_mas: the first agent writes text onto the shared cache instead of "
                                      "latent steps")
-    text_mas_context_length: int = setting(-1, "text_mas: keep the last N tokens of the handed-on text; -1 for all",
+    text_mas_context_length: int = setting(-1, "text_mas: keep the last N tokens of the handed-on text; -1 for all "
+                                           "(a team with context_cut: python_slice: its first N characters, "
+                                           "-1 dropping the last one, as the reference code)",
                                            parse=_bounded(int, lo=1, extra_ok=(-1,)))
 
 
@@ -136,7 +144,16 @@ class LatentConfig:
                                 "on", parse=_bounded(int, 0, 4096))
     latent_space_realign: bool = setting(False, "map hidden states to input-embedding space by ridge least squares "
                                          "(else: norm rescale only)")
-    think: bool = setting(False, "open a <think> block after each latent_mas agent's prompt")
+    think: str | None = setting(None, "append this text to every latent_mas agent's rendered prompt, the last "
+                                "agent's included (alone: '<think>', as the public LatentMAS code; its Science "
+                                "branch used '<think>\\n')", const=THINK_DEFAULT, metavar="TEXT")
+    handoff: str = setting("all", "latent_mas chain: what each non-final agent hands on: all entries, or as the "
+                           "reference code's switches, only the last --latent_steps entries (latent_only) or only "
+                           "the agent's own entries (sequential_info_only); positions after the cut: --kv_positions",
+                           choices=HANDOFFS)
+    zero_steps_judger: str = setting("cache", "with --latent_steps 0: the last agent reads the earlier agents' prompt "
+                                     "cache (cache), or starts from an empty cache as the public LatentMAS code does "
+                                     "(empty)", choices=("cache", "empty"))
 
 
 @dataclass
@@ -210,6 +227,9 @@ class OutputConfig:
                                   "heatmap and the kept/dropped mask under RUN_DIR/heatmaps (observe.py)")
     save_embeddings: bool = setting(False, "latent_mas: save per item and agent the latent vectors and first/last "
                                     "hidden states as safetensors under RUN_DIR/embeddings (observe.py)")
+    trace: bool = setting(False, "records hold, per agent, the chat messages, the rendered text, its token ids and "
+                          "the generated ids, and at each compression the kept entries (to compare token by token "
+                          "with another implementation)")
 
 
 SECTIONS: dict[str, type] = {"team": TeamConfig, "model": ModelConfig, "data": DataConfig, "latent": LatentConfig,
@@ -285,7 +305,10 @@ class RunConfig:
     def from_saved(cls, args: dict) -> RunConfig:
         """The configuration saved in config.json ("args"). A key no field has any more is ignored; a field the
         file lacks (it was written before the field existed) takes its default."""
-        return cls().updated({k: v for k, v in args.items() if k in FLAGS})
+        args = {k: v for k, v in args.items() if k in FLAGS}
+        if isinstance(args.get("think"), bool):  # written when --think was a switch: it appended THINK_BEFORE
+            args["think"] = THINK_BEFORE if args["think"] else None
+        return cls().updated(args)
 
     def result_settings(self) -> dict:
         """The settings that can change a run's records: all but the runtime ones."""
@@ -361,6 +384,8 @@ def add_settings(p: argparse.ArgumentParser, defaults: bool = True, hidden: tupl
             else:
                 kw.update(type=fl.meta["parse"], choices=fl.meta["choices"], metavar=fl.meta["metavar"],
                           default=fl.default if defaults else argparse.SUPPRESS)
+                if fl.meta["const"] is not None:
+                    kw.update(nargs="?", const=fl.meta["const"])
             group.add_argument(fl.option, *fl.meta["aliases"], **kw)
 
 
@@ -492,6 +517,8 @@ def _file_value(path: Path, key: str, name: str, value, label: str = "--config")
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: give true or false, not {shown(value)}")
         return (not value) if key.removeprefix("--") != name and fl.negated else value
+    if fl.meta["const"] is not None and isinstance(value, bool):
+        return fl.meta["const"] if value else fl.default
     if value is None:
         if fl.default is None:
             return None
@@ -561,6 +588,17 @@ def normalize(cfg: RunConfig) -> None:
         c.kv_policy = seed_policy
     if cfg.data.data_path and cfg.data.data_source == "auto":
         cfg.data.data_source = "file"
+    if cfg.team.agents and ("{" in cfg.team.agents):
+        cfg.team.agents = agents_path(cfg.team.agents, cfg.team.prompt if cfg.method != "baseline" else "baseline",
+                                      cfg.data.task)
+
+
+def agents_path(template: str, prompt: str, task: str) -> str:
+    """--agents with {prompt} / {task} filled in (an imported folder of <prompt>_<task>.yaml teams)."""
+    try:
+        return template.format(prompt=prompt, task=task)
+    except (KeyError, IndexError, ValueError):
+        raise ConfigError(f"--agents {template}: only {{prompt}} and {{task}} may stand in braces") from None
 
 
 def check(cfg: RunConfig, given: dict) -> list[str]:
@@ -569,25 +607,24 @@ def check(cfg: RunConfig, given: dict) -> list[str]:
     given as false is not given); settings left at their defaults are never flagged.
 
     Refused: the cache's settings (--kv_policy, --fidelity, --show_heatmaps, --save_embeddings, --first_agent_text,
-    --think, --latent_space_realign, --include_old_prompts) for a method other than latent_mas, --agents for
-    baseline, compression knobs without a policy, --knn_strategy without --knn_filter, --kv_query with a policy that
-    takes no query. Warned: --latent_steps and --cross_model for baseline / text_mas and --text_mas_context_length
-    for other methods (scripts loop over methods with one set of flags), --prompt for baseline, the code-sandbox
-    flags on a task that is not code."""
+    --think, --latent_space_realign, --include_old_prompts, --handoff, --zero_steps_judger) for a method other than
+    latent_mas, compression knobs without a policy (--kv_positions goes with a --handoff cut too), --knn_strategy
+    without --knn_filter, --kv_query with a policy that takes no query. Warned: --latent_steps and --cross_model for
+    baseline / text_mas and --text_mas_context_length for other methods (scripts loop over methods with one set of
+    flags), --prompt for baseline, the code-sandbox flags on a task that is not code."""
     m, c = cfg.method, cfg.compression
 
     def given_(name: str) -> bool:
-        return name in given and not (isinstance(FLAGS[name].default, bool) and given[name] == FLAGS[name].default)
+        switch = isinstance(FLAGS[name].default, bool) or FLAGS[name].meta["const"] is not None
+        return name in given and not (switch and given[name] == FLAGS[name].default)
 
     if m != "latent_mas":
         for name in ("kv_policy", "fidelity", "show_heatmaps", "save_embeddings"):
             if cfg.get(name) not in ("none", False):
                 raise ConfigError(f"--{name} works on the shared cache of --method latent_mas, not {m}")
-        if m == "baseline" and (cfg.team.agents or cfg.team.first_agent_text):
-            raise ConfigError("--agents / --first_agent_text need a team: use --method text_mas or latent_mas")
         if cfg.team.first_agent_text:
             raise ConfigError("--first_agent_text applies to --method latent_mas (text_mas agents always write)")
-        for name in ("think", "latent_space_realign", "include_old_prompts"):
+        for name in ("think", "latent_space_realign", "include_old_prompts", "handoff", "zero_steps_judger"):
             if given_(name):
                 raise ConfigError(f"--{name} does nothing for --method {m}: it applies to latent_mas; drop it")
     problem = query_problem(c.kv_policy, c.kv_query)
@@ -595,6 +632,8 @@ def check(cfg: RunConfig, given: dict) -> list[str]:
         raise ConfigError(problem)
     knobs = [f"--{n}" for n in ("kv_keep", "kv_min_keep", "kv_scope", "kv_query", "kv_protect", "kv_positions",
                                 "compress_at") if given_(n)]
+    if c.kv_policy == "none" and cfg.latent.handoff != "all" and knobs == ["--kv_positions"]:
+        knobs = []  # the hand-off cut drops entries too: --kv_positions says where the next agent continues
     if c.kv_policy == "none" and knobs:
         one = len(knobs) == 1
         raise ConfigError(f"{', '.join(knobs)} {'does' if one else 'do'} nothing without a policy: give --kv_policy "

@@ -384,3 +384,27 @@ def concat(states: list[KVState]) -> KVState:
     return KVState(cache, torch.cat([s.mask for s in states], dim=1),
                    torch.stack([s.next_pos for s in states]).max(dim=0).values,
                    side_by_side([s.pos for s in states]), side_by_side([s.kinds for s in states]))
+
+
+@torch.no_grad()
+def keep_last(model, state: KVState, counts: list[int], positions: str = "original") -> None:
+    """Keep only each row's last `counts[b]` real entries, in place: the reference code's hand-off switches
+    (latent_only: the last latent steps; sequential_info_only: the agent's own entries). `positions` as in `select`;
+    the reference continues after the kept count (shift). Nothing kept: the next agent starts on an empty cache."""
+    valid = state.mask == 1
+    from_end = valid.flip(1).cumsum(dim=1).flip(1)  # 1 for a row's newest real entry
+    kept = valid & (from_end <= torch.tensor(counts, device=state.mask.device)[:, None])
+    k = int(kept.sum(dim=1).max()) if state.length else 0
+    if k == 0:
+        next_pos = state.next_pos.clone()
+        state.adopt(KVState.empty(state.batch_size, state.mask.device))
+        if positions == "original":
+            state.next_pos = next_pos
+        return
+    n = kept.sum(dim=1)
+    slot = torch.arange(k, device=kept.device)
+    keep = slot[None, :] >= (k - n)[:, None]  # short rows are left-padded
+    cols = torch.arange(state.length, device=kept.device).expand_as(kept)
+    # dropped columns sort first (-1), kept ones after in cache order: the last k slots hold each row's kept entries
+    order = torch.where(kept, cols, torch.full_like(cols, -1)).sort(dim=1).values[:, -k:]
+    select(model, state, order.clamp_min(0)[None, :, None, :], keep.long(), positions)

@@ -20,6 +20,7 @@ import architecture
 import kv_state
 from errors import RunError
 from kv_state import LATENT, TEXT, KVState, extend
+from prompts import chat_messages
 from registry import EMBEDDED_MODELS
 from teams import DEFAULT_SYSTEM
 
@@ -286,7 +287,7 @@ class ModelWrapper:
     # --- text in -------------------------------------------------------------------------------------------
     def render(self, user: str, system: str | None = DEFAULT_SYSTEM, suffix: str = "") -> str:
         """Chat-format one user turn; a plain fallback for tokenizers without a chat template (base models)."""
-        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+        messages = chat_messages(user, system)
         if self.prompt_format == "chat_template":
             text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         else:

@@ -40,6 +40,11 @@ def baseline_prompt(question: str, answer: str) -> str:
     return BASELINE.format(question=question, answer=answer)
 
 
+def chat_messages(user: str, system: str | None) -> list[dict]:
+    """The chat messages of one turn, as the chat template gets them (no system message when `system` is empty)."""
+    return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+
+
 def agent_prompt(agent, family: str, question: str, answer: str, context: str = "") -> str:
     """One agent's user prompt (`agent`: a teams.AgentSpec; `family`: "latent" or "text")."""
     return agent.template(family).format(question=question, context=context, answer=answer)

@@ -6,6 +6,7 @@ modules each command names (runner.py for a run).
     python run.py --resume RUN_DIR                                         # continue an interrupted run
     python run.py sweep FILE.yaml [--dry_run] [--cell_shard I/N] [flags]   # a grid of runs (sweep.py)
     python run.py report RUN_DIR...  /  python run.py merge RUN_DIR...
+    python run.py import-team REF_DIR --out DIR                           # a reference's prompts as team files
 
 Adding a command: a module function that adds its arguments to a parser and one that runs it (returns the exit
 code, raises errors.RunError for bad input), and one line in COMMANDS below.
@@ -39,6 +40,8 @@ COMMANDS = [
             "command"),
     Command("merge", "combine the shards of one run into one run directory", "parallel", "add_merge_arguments",
             "merge_command"),
+    Command("import-team", "team files from a reference checkout's own prompt builders (docs/reproduce.md)",
+            "reference_import", "add_arguments", "command"),
 ]
 
 

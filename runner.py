@@ -57,10 +57,10 @@ def prepare(inv: Invocation) -> Plan:
 
 def team_of(cfg: RunConfig, saved: dict | None = None):
     """The team this run uses: the one saved with a resumed run, a --agents file, or the --prompt default."""
-    from teams import TeamError, default_team, load_team, parse_team, with_first_agent_text
+    from teams import TeamError, default_team, load_team, parse_team, single_agent, with_first_agent_text
 
-    if cfg.method == "baseline":
-        return None
+    if cfg.method == "baseline" and not cfg.team.agents:
+        return None  # baseline's own prompt
     agents = cfg.team.agents
     try:
         if saved and saved.get("team"):
@@ -68,6 +68,8 @@ def team_of(cfg: RunConfig, saved: dict | None = None):
         if agents and Path(agents).exists() and not Path(agents).is_file():
             raise ConfigError(f"--agents {agents} is not a file; give a JSON or YAML team file (see teams/)")
         team = load_team(agents) if agents else default_team(cfg.team.prompt)
+        if cfg.method == "baseline":
+            return single_agent(team)
         return with_first_agent_text(team) if cfg.team.first_agent_text else team
     except TeamError as e:
         raise ConfigError(str(e)) from None
@@ -148,7 +150,8 @@ def load(plan: Plan, run_dir: RunDir, wrapper_for: Callable | None = None) -> tu
 
     cfg, launch, d = plan.cfg, plan.launch, plan.cfg.data
     items, data_info = load_task(d.task, split=d.split, data_source=d.data_source, data_path=d.data_path,
-                                 seed=cfg.decoding.seed, max_samples=d.max_samples)
+                                 seed=cfg.decoding.seed, max_samples=d.max_samples,
+                                 question_format=d.question_format)
     if not items:
         raise ConfigError(f"task {d.task} gave no items; check --split / --data_path")
     n_total, items = len(items), launch.shard(items)

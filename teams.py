@@ -11,6 +11,13 @@ answer-format sentence); write literal braces as {{ and }}. `mode` (latent_mas):
 null or "" sends no system message. `model` (hub id, local folder or embedded alias; default: the run's
 --model_name) runs that agent on its own model: agents of one model share its cache; what crosses to another model is
 decided by `cross_model_plan` (text, or mapped latents with --cross_model latent-map).
+
+Team-level settings for text_mas's hand-off (an imported reference team sets them to reproduce its code):
+`context_format` (how one agent's text is labelled for the next ones; default "[{name}]:\n{text}\n\n"),
+`context_names` ({agent name: label} used for {name}; the reference's hierarchical text_mas relabels its agents),
+`context_cut` ("tail_tokens", the default: --text_mas_context_length N keeps the last N tokens, -1 all;
+"python_slice": the reference's context[:N] in characters, whose default -1 drops the last character; "none").
+`reference` records where an imported team came from (reference_import.py).
 """
 from __future__ import annotations
 
@@ -27,6 +34,9 @@ FAMILIES = ("latent", "text")
 MODES = ("latent", "text")
 FIELDS = ("name", "role", "prompt", "system", "mode", "model")
 DEFAULT_SYSTEM = "You are a helpful assistant."
+CONTEXT_FORMAT = "[{name}]:\n{text}\n\n"
+CONTEXT_CUTS = ("tail_tokens", "python_slice", "none")
+TEAM_FIELDS = ("description", "agents", "context_format", "context_names", "context_cut", "reference")
 
 
 class TeamError(RunError):
@@ -51,12 +61,29 @@ class Team:
     agents: tuple[AgentSpec, ...]
     source: str
     description: str = ""
+    context_format: str = CONTEXT_FORMAT
+    context_names: tuple[tuple[str, str], ...] = ()
+    context_cut: str = "tail_tokens"
+    reference: dict | None = None
 
     def as_dict(self) -> dict:
-        return {"source": self.source, "description": self.description,
-                "agents": [{"name": a.name, "role": a.role, "mode": a.mode, "system": a.system,
-                            "prompt": dict(a.prompts), **({"model": a.model} if a.model else {})}
-                           for a in self.agents]}
+        out = {"source": self.source, "description": self.description,
+               "agents": [{"name": a.name, "role": a.role, "mode": a.mode, "system": a.system,
+                           "prompt": dict(a.prompts), **({"model": a.model} if a.model else {})}
+                          for a in self.agents]}
+        if self.context_format != CONTEXT_FORMAT:
+            out["context_format"] = self.context_format
+        if self.context_names:
+            out["context_names"] = dict(self.context_names)
+        if self.context_cut != "tail_tokens":
+            out["context_cut"] = self.context_cut
+        if self.reference:
+            out["reference"] = self.reference
+        return out
+
+    def handed_on(self, agent: AgentSpec, text: str) -> str:
+        """How one agent's text reaches the next ones in text_mas (the context's part for this agent)."""
+        return self.context_format.format(name=dict(self.context_names).get(agent.name, agent.name), text=text)
 
     def model_names(self, default: str) -> tuple[str, ...]:
         """Each agent's model as named (its `model`, else `default`, the run's --model_name)."""
@@ -117,13 +144,34 @@ def parse_team(data: object, source: str) -> Team:
     if not isinstance(data, dict) or not isinstance(data.get("agents"), list) or not data["agents"]:
         raise TeamError(f"{source}: a team file needs a non-empty list under \"agents\"; the last agent writes "
                         "the answer")
+    unknown = sorted(set(data) - set(TEAM_FIELDS) - {"source"})
+    if unknown:
+        raise TeamError(f"{source}: unknown field(s) {', '.join(unknown)}; a team file holds {', '.join(TEAM_FIELDS)}")
     raw_agents = data["agents"]
     agents = tuple(_parse_agent(a, i, len(raw_agents), source) for i, a in enumerate(raw_agents))
     names = [a.name for a in agents]
     dupes = sorted({x for x in names if names.count(x) > 1})
     if dupes:
         raise TeamError(f"{source}: agent names must be unique; repeated: {', '.join(dupes)}")
-    return Team(agents, source, str(data.get("description", "")))
+    fmt = data.get("context_format", CONTEXT_FORMAT)
+    try:
+        fields = {f for _, f, _, _ in string.Formatter().parse(fmt) if f is not None} if isinstance(fmt, str) else None
+    except ValueError:
+        fields = None
+    if not fields or not fields <= {"name", "text"} or "text" not in fields:
+        raise TeamError(f"{source}: context_format must be a string with {{text}} (and optionally {{name}}), e.g. "
+                        f"{CONTEXT_FORMAT!r}; literal braces as {{{{ and }}}}")
+    cut = data.get("context_cut", "tail_tokens")
+    if cut not in CONTEXT_CUTS:
+        raise TeamError(f"{source}: context_cut must be one of {', '.join(CONTEXT_CUTS)}, not {cut!r}")
+    names_map = data.get("context_names") or {}
+    if not isinstance(names_map, dict) or not all(isinstance(v, str) for v in names_map.values()):
+        raise TeamError(f"{source}: context_names must map agent names to labels")
+    ref = data.get("reference")
+    if ref is not None and not isinstance(ref, dict):
+        raise TeamError(f"{source}: reference must be a mapping (where an imported team came from)")
+    return Team(agents, source, str(data.get("description", "")), fmt, tuple((str(k), v) for k, v in names_map.items()),
+                cut, ref)
 
 
 def load_team(path: str | Path) -> Team:
@@ -188,3 +236,11 @@ def cross_model_plan(team: Team, keys: tuple[str, ...], flow: str, cross_model: 
                            "instead of latent steps (--cross_model latent-map maps latents across models that share "
                            "a tokenizer)")
     return (replace(team, agents=tuple(agents)) if notices else team), notices
+
+
+def single_agent(team: Team) -> Team:
+    """A team for baseline: exactly one agent, whose text prompt answers the question."""
+    if len(team.agents) != 1:
+        raise TeamError(f"{team.source}: baseline takes a one-agent team, this one has {len(team.agents)}; use "
+                        "--method text_mas or latent_mas for a team")
+    return team

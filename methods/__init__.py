@@ -19,7 +19,11 @@ class MethodConfig:
     seed: int
     prompt: str = "sequential"
     latent_steps: int = 10
-    think: bool = False
+    think: str | None = None  # latent_mas: text appended to every agent's rendered prompt
+    handoff: str = "all"  # latent_mas chain: all | latent_only | sequential_info_only (config.HANDOFFS)
+    zero_steps_judger: str = "cache"  # latent_mas with latent_steps 0: "cache" or "empty" (the reference code)
+    kv_positions: str = "original"  # positions after a hand-off cut (kv_state.POSITION_MODES)
+    trace: bool = False  # records hold messages, rendered text, token ids, kept entries (see trace_fields)
     text_mas_context_length: int = -1
     eval_workers: int | None = None  # code tasks: sandbox processes at once (None: min(4, CPUs))
     code_timeout_s: float | None = None  # code tasks: wall-clock limit per sample (None: code_eval's default)
@@ -74,6 +78,18 @@ def agent_record(name: str, role: str, prompt_tokens: int, latent_steps: int, ou
     if output is not None:
         rec["output"] = output
     return rec
+
+
+def trace_fields(wrapper, enc, i: int, user: str, system: str | None, output_ids: list[int] | None = None) -> dict:
+    """What --trace adds to agent i's record: the chat messages, the exact rendered text, the ids it became (row i of
+    `enc`, padding removed) and, for a writing agent, the generated ids."""
+    from prompts import chat_messages
+
+    out = {"messages": chat_messages(user, system), "rendered": enc.texts[i],
+           "input_ids": enc.ids[i][enc.mask[i].bool()].tolist()}
+    if output_ids is not None:
+        out["output_ids"] = list(output_ids)
+    return out
 
 
 def item_record(item, output: str, agents: list[dict], cfg: MethodConfig) -> dict:

@@ -12,21 +12,47 @@ from dataclasses import dataclass
 
 import torch
 
-from kv_state import LATENT, TEXT, KVState, concat, extend, rollback
-from methods import MethodConfig, agent_record, answer_for, item_record
+from kv_state import LATENT, TEXT, KVState, concat, extend, keep_last, rollback
+from methods import MethodConfig, agent_record, answer_for, item_record, trace_fields
 from prompts import team_prompts
 from teams import senders
 from utils import item_generator, now
 
-THINK_SUFFIX = "<think>\n"
+
+def _user_prompts(items, cfg: MethodConfig, team) -> list[list[str]]:
+    """Per item, every agent's user prompt."""
+    return [team_prompts("latent", team, it.question, answer_for(it, cfg), cfg.stacked_prompts) for it in items]
 
 
 def _encode_team(wrapper, items, cfg: MethodConfig, team) -> list:
-    suffix = THINK_SUFFIX if cfg.think else ""
-    per_item = [team_prompts("latent", team, it.question, answer_for(it, cfg), cfg.stacked_prompts) for it in items]
+    per_item = _user_prompts(items, cfg, team)
     wrappers, _ = cfg.agent_models(wrapper, len(team.agents))
-    return [w.encode([w.render(p[k], system=agent.system, suffix=suffix) for p in per_item])
+    return [w.encode([w.render(p[k], system=agent.system, suffix=cfg.think or "") for p in per_item])
             for k, (agent, w) in enumerate(zip(team.agents, wrappers))]
+
+
+def _kept_entries(order: torch.Tensor, keep: torch.Tensor, mask_before: torch.Tensor, scope: str,
+                  shape: tuple[int, int]) -> list:
+    """--trace: per row, the entries a compression kept, as indices among the row's real entries before it (0: the
+    oldest), so that padding and batch size do not change them: a list (scope shared), one list per layer (layer),
+    or per layer and KV head (head)."""
+    rank = (mask_before.cumsum(dim=1) - 1).cpu()
+    order, keep = order.cpu(), keep.cpu().bool()
+    layers = range(shape[0] if scope != "shared" else 1)  # (layers, KV heads) of the cache
+    heads = range(shape[1] if scope == "head" else 1)
+    rows = []
+    for b in range(order.shape[1]):
+        per = [[rank[b, order[li if order.shape[0] > 1 else 0, b, h if order.shape[2] > 1 else 0][keep[b]]].tolist()
+                for h in heads] for li in layers]
+        rows.append(per[0][0] if scope == "shared" else [p[0] for p in per] if scope == "layer" else per)
+    return rows
+
+
+def _cut_handoff(wrapper, cfg: MethodConfig, state: KVState, added: list[int]) -> None:
+    """The reference code's hand-off switches, after a non-final agent in a chain: latent_only keeps the last
+    latent_steps entries, sequential_info_only the agent's own (`added` per row)."""
+    counts = [cfg.latent_steps] * len(added) if cfg.handoff == "latent_only" else added
+    keep_last(wrapper.model, state, counts, cfg.kv_positions)
 
 
 def _kv(state: KVState) -> list[tuple[int, int]]:
@@ -50,7 +76,7 @@ def _hand_over(items, cfg: MethodConfig, team, j: int, product: tuple, receiver,
     input-embedding space (latent_map). Returns the entries each row gained."""
     dec, latents = product
     before = state.valid_tokens()
-    agent, suffix = team.agents[j], THINK_SUFFIX if cfg.think else ""
+    agent, suffix = team.agents[j], cfg.think or ""
     prompts = [team_prompts("latent", team, it.question, answer_for(it, cfg), cfg.stacked_prompts)[j] for it in items]
     enc = receiver.encode([receiver.render(p, system=agent.system, suffix=suffix) for p in prompts])
     text = receiver.encode(dec.texts) if dec is not None else None
@@ -110,8 +136,11 @@ def _think(wrapper, items, cfg: MethodConfig, team, encs, compressor, observer=N
             for j in into.get(k, ()):
                 handoffs.append((j, _hand_over(items, cfg, team, j, products[j], w, state, _map(cfg, j, k))))
         t_hand = now(w.device) - t0
+        if final and cfg.latent_steps == 0 and cfg.zero_steps_judger == "empty":
+            state = KVState.empty(n, w.device)  # the public LatentMAS code: no latent steps, no cache
         before = _kv(state)
         look, kept, trace = (observer.look(w, state, encs[k]), None, {}) if observer else (None, None, None)
+        mask_before = state.mask.clone() if cfg.trace else None
         t0 = now(w.device)
         if compressor is not None and compressor.applies(k, len(agents)):
             kept = compressor(w, state, encs[k], kv_gens)
@@ -124,6 +153,11 @@ def _think(wrapper, items, cfg: MethodConfig, team, encs, compressor, observer=N
         steps.append({"before": before, "in": after, "compress_s": t_comp / n, "dec": dec,
                       "think_s": (now(w.device) - t0 - t_comp) / n, "out": _kv(state), "handoff_s": t_hand / n,
                       "handoffs": handoffs})
+        if cfg.trace and kept is not None:
+            kv = state.layer_tensors()
+            steps[-1]["kept"] = _kept_entries(*kept, mask_before, compressor.scope, (len(kv), kv[0][0].shape[1]))
+        if cfg.handoff != "all" and cfg.flow == "chain" and not final:
+            _cut_handoff(w, cfg, state, [o[0] - i[0] for o, i in zip(steps[-1]["out"], after)])
         if observer:  # outside the timed region: heatmap of the hand-off, latents of the agent (observe.py)
             observer.record(items, agents, k, look, kept, trace)
     return state, steps
@@ -203,6 +237,7 @@ def run_batch(wrapper, items, cfg: MethodConfig, ref: Reference | None = None) -
     steps[-1]["out"] = _kv(state)
     final_text = steps[-1]["dec"].texts
 
+    users = _user_prompts(items, cfg, team) if cfg.trace else None
     records = []
     for i, it in enumerate(items):
         # entries each model's cache would hold with no compression: what its earlier agents and hand-offs added
@@ -220,6 +255,11 @@ def run_batch(wrapper, items, cfg: MethodConfig, ref: Reference | None = None) -
                                0 if latent else len(dec.tokens[i]), s["in"][i], s["out"][i],
                                s["compress_s"] + s["think_s"] + s["handoff_s"], None if latent else dec.texts[i],
                                names[k])
+            if cfg.trace:
+                rec.update(trace_fields(wrappers[k], encs[k], i, users[i][k], agent.system,
+                                        None if latent else dec.tokens[i]))
+                if "kept" in s:
+                    rec["kept"] = s["kept"][i]
             if s["handoffs"]:
                 rec["handoffs"] = [{"from": team.agents[j].name, "model": names[j],
                                     "as": "text" if steps[j]["dec"] is not None else "latent-map",

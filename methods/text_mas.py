@@ -4,9 +4,19 @@ text crosses models as it is."""
 from __future__ import annotations
 
 from kv_state import KVState
-from methods import MethodConfig, agent_record, answer_for, item_record
+from methods import MethodConfig, agent_record, answer_for, item_record, trace_fields
 from prompts import agent_prompt
 from utils import item_generator, now
+
+
+def cut_context(wrapper, team, context: str, n: int) -> str:
+    """The handed-on text an agent sees, cut as the team says: the last n tokens (-1: all), or the reference code's
+    context[:n] characters (its default -1 drops the last character), or not at all."""
+    if team.context_cut == "python_slice":
+        return context[:n]
+    if team.context_cut == "none":
+        return context
+    return wrapper.truncate_tokens(context, n)
 
 
 def run_batch(wrapper, items, cfg: MethodConfig) -> list[dict]:
@@ -22,7 +32,7 @@ def run_batch(wrapper, items, cfg: MethodConfig) -> list[dict]:
         final = k == len(team.agents) - 1
         sees_context = final or cfg.flow == "chain"
         prompts = [agent_prompt(agent, "text", it.question, answer_for(it, cfg),
-                                w.truncate_tokens(contexts[i], cfg.text_mas_context_length)
+                                cut_context(w, team, contexts[i], cfg.text_mas_context_length)
                                 if sees_context else "")
                    for i, it in enumerate(items)]
         enc = w.encode([w.render(p, system=agent.system) for p in prompts])
@@ -32,9 +42,12 @@ def run_batch(wrapper, items, cfg: MethodConfig) -> list[dict]:
         share = (now(w.device) - t0) / n
         kv_out = list(zip(state.valid_tokens(), state.row_nbytes()))
         for i in range(n):
-            agents[i].append(agent_record(agent.name, agent.role, enc.lengths()[i], 0, len(dec.tokens[i]), (0, 0),
-                                          kv_out[i], share, dec.texts[i], names[k]))
+            rec = agent_record(agent.name, agent.role, enc.lengths()[i], 0, len(dec.tokens[i]), (0, 0), kv_out[i],
+                               share, dec.texts[i], names[k])
+            if cfg.trace:
+                rec.update(trace_fields(w, enc, i, prompts[i], agent.system, dec.tokens[i]))
+            agents[i].append(rec)
             if not final:
-                contexts[i] += f"[{agent.name}]:\n{dec.texts[i]}\n\n"
+                contexts[i] += team.handed_on(agent, dec.texts[i])
         texts = dec.texts
     return [item_record(it, texts[i], agents[i], cfg) for i, it in enumerate(items)]

@@ -83,12 +83,13 @@ def test_choices_the_cli_offers_before_torch_loads_are_the_libraries_own():
 
 def test_method_config_takes_the_run_settings_by_name():
     cfg = RunConfig().updated({"method": "latent_mas", "max_new_tokens": 7, "temperature": 0.0, "top_p": 0.5,
-                               "seed": 3, "latent_steps": 2, "think": True, "include_old_prompts": True,
+                               "seed": 3, "latent_steps": 2, "think": "<think>", "include_old_prompts": True,
                                "eval_workers": 2, "code_timeout_s": 4.0, "code_memory_mb": 256, "fidelity": True,
                                "prompt": "hierarchical"})
     m = MethodConfig.from_run(cfg, "number", compressor="C", team="T", observer=None)
     assert (m.answer_type, m.max_new_tokens, m.temperature, m.top_p, m.seed) == ("number", 7, 0.0, 0.5, 3)
-    assert (m.latent_steps, m.think, m.stacked_prompts, m.fidelity, m.prompt) == (2, True, True, True, "hierarchical")
+    assert (m.latent_steps, m.think, m.stacked_prompts, m.fidelity) == (2, "<think>", True, True)
+    assert m.prompt == "hierarchical"
     assert (m.eval_workers, m.code_timeout_s, m.code_memory_mb, m.compressor, m.team) == (2, 4.0, 256, "C", "T")
     settings = {f.metadata.get("setting", f.name) for f in fields(MethodConfig)}
     assert settings - {"answer_type", "compressor", "observer", "team", "models"} <= set(FLAGS)
@@ -118,7 +119,8 @@ def test_config_file_flat_and_grouped_with_command_line_overrides(tmp_path):
     ("method: latent_mas\nkv_keep: 1.5\n", "kv_keep: 1.5 is outside (0, 1]"),
     ("method: latent_mas\nkv_scope: token\n", "kv_scope: 'token' is not one of shared, layer, head"),
     ("method: latent_mas\nkv_keep: [0.5, 0.9]\n", "give one value"),
-    ("method: latent_mas\nthink: yes please\n", "think: give true or false"),
+    ("method: latent_mas\nhandoff: everything\n", "handoff: 'everything' is not one of all, latent_only"),
+    ("method: latent_mas\ntrace: yes please\n", "trace: give true or false"),
     ("method: latent_mas\nmax_samples: null\n", "max_samples: needs a value"),
     ("method: latent_mas\nresume: runs/x\n", "resume is not a setting"),
     ("- method\n- latent_mas\n", "give a mapping"),
