@@ -132,6 +132,9 @@ class DataConfig:
     data_path: str | None = setting(None, "local JSON/JSONL/CSV/parquet file (implies --data_source file)")
     split: str | None = setting(None, "dataset split (default: the task's test split)")
     max_samples: int = setting(100, "first N items; -1 for all", parse=_bounded(int, lo=1, extra_ok=(-1,)))
+    question_format: str = setting("harness", "how questions are laid out: this harness's, or the public LatentMAS "
+                                   "code's where its source is the same (ARC: 'a: text' option lines; see "
+                                   "docs/reproduce.md)", choices=("harness", "reference"))
     num_shards: int = setting(1, "split the items into K shards (a job array); merge them with python run.py merge "
                               "RUN_DIR...", parse=_bounded(int, lo=1))
     shard_id: int = setting(0, "which shard this run takes, 0..K-1", parse=_bounded(int, lo=0))

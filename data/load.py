@@ -8,8 +8,9 @@ from pathlib import Path
 from data import hub
 from data.adapters import ADAPTERS
 from data.builders import build_items
-from data.items import DataError, Item, one_line
+from data.items import DataError, Item, one_line, render_options
 from data.sources import DATA_SOURCES, Rows, from_file, from_hub, from_package
+from grading import LETTERS
 from registry import TASKS, TaskSpec
 
 
@@ -48,14 +49,33 @@ def _auto(spec: TaskSpec, split: str | None) -> tuple[Rows, str]:
     return rows, "package"
 
 
+QUESTION_FORMATS = ("harness", "reference")
+
+
+def reference_layout(task: str, item: Item) -> Item:
+    """The question as the public LatentMAS code's data.py lays it out, where its source is the one read here:
+    ARC (allenai/ai2_arc) lists the options as "a: text" lines (labels lower-cased by position, as its 1-4 -> a-d
+    mapping gives) instead of "A. text". Other tasks are returned unchanged (docs/reproduce.md says which differ)."""
+    options = item.meta.get("options")
+    if task not in ("arc_easy", "arc_challenge") or not options:
+        return item
+    shown = "\n" + render_options(options)
+    if not item.question.endswith(shown):
+        return item
+    lines = "\n".join(f"{LETTERS[i].lower()}: {o}" for i, o in enumerate(options))
+    return Item(item.index, item.question[: -len(shown)] + "\n" + lines, item.gold, item.meta)
+
+
 def load_task(task: str, *, split: str | None = None, data_source: str = "auto", data_path: str | None = None,
-              seed: int = 42, max_samples: int = -1) -> tuple[list[Item], dict]:
+              seed: int = 42, max_samples: int = -1, question_format: str = "harness") -> tuple[list[Item], dict]:
     """Items of one task and an info dict describing where they came from.
 
     data_source: "auto" (hub unless HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set or the hub fails, then the
     offline package; a data_path alone implies "file"), "hub", "package" or "file" (needs data_path).
     seed only matters where options are permuted (GPQA from the package or a file with GPQA columns).
     max_samples: -1 for all, else the first N items in the task's fixed order.
+    question_format: "harness", or "reference" (the public LatentMAS code's layout where the source is the same:
+    reference_layout).
     """
     if task not in TASKS:
         raise DataError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
@@ -84,6 +104,8 @@ def load_task(task: str, *, split: str | None = None, data_source: str = "auto",
 
     if not items:
         raise DataError(f"{task}: the {source} source {rows.detail} holds no items; check the source")
+    if question_format == "reference":
+        items = [reference_layout(task, it) for it in items]
     counts = sorted({it.meta.get("n_options") for it in items if it.meta.get("n_options")})
     n_options = counts[0] if len(counts) == 1 else (max(counts) if counts else None)
     if spec.answer_type not in ("letter", "option"):

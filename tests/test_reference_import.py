@@ -310,3 +310,31 @@ def _write_items(tmp_path):
     f = tmp_path / "items.jsonl"
     f.write_text(json.dumps({"question": "What is 2 + 3?", "answer": "5"}) + "\n")
     return f
+
+
+def test_reference_question_layout_for_arc_and_harness_default_unchanged():
+    from data.builders import letter_item
+    from data.load import reference_layout
+
+    row = {"question": "Which gas do plants take in?", "choices": {"text": ["oxygen", "carbon dioxide", "neon"],
+                                                                   "label": ["1", "2", "3"]}, "answerKey": "2"}
+    item = letter_item(row, 0, "arc#0")
+    assert item.question == "Which gas do plants take in?\nA. oxygen\nB. carbon dioxide\nC. neon"
+    ref = reference_layout("arc_easy", item)
+    assert ref.question == "Which gas do plants take in?\na: oxygen\nb: carbon dioxide\nc: neon"
+    assert (ref.gold, ref.meta) == (item.gold, item.meta) == ("B", item.meta)
+    assert reference_layout("gpqa", item) is item  # other tasks: as this harness writes them
+
+
+def test_paper_sweep_runs_the_imported_teams_per_cell(imported):
+    import sweep
+
+    template = f"{imported[0]}/{{prompt}}_{{task}}.yaml"
+    s = sweep.plan(str(ROOT / "config" / "paper" / "latentmas_main.yaml"), {"agents": template})
+    by_task = {}
+    for c in s.cells:
+        by_task.setdefault(c.cfg.data.task if c.cfg else c.given["task"], []).append(c)
+    for c in by_task["gsm8k"]:  # the stand-in covers gsm8k: every method runs its imported team
+        want = "baseline" if c.cfg.method == "baseline" else "sequential"
+        assert not c.refused and c.team.source == f"{imported[0]}/{want}_gsm8k.yaml"
+    assert all(c.refused and "cannot read team file" in c.refused for c in by_task["mbppplus"])
