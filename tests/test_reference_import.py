@@ -9,7 +9,9 @@ import types
 
 import pytest
 
+import config
 import run
+import runner
 from compression import Compressor
 from data import Item
 from kv_state import KVState, keep_last
@@ -32,6 +34,14 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 STANDIN = ROOT / "tests" / "reference_standin"
 QUESTIONS = ["How many apples are left if each day the team sells 3 of 17?", "What is {the} total?",
              "If she sells 9 eggs each day for 2 dollars each, how many dollars is that?"]
+
+
+def _prepare(argv):
+    return runner.prepare(config.parse_command_line(argv))
+
+
+def _settings(argv):
+    return _prepare(argv).cfg
 
 
 def _builders():
@@ -127,6 +137,18 @@ def test_an_unknown_cut_and_a_non_template_are_refused(tmp_path):
     assert import_all(tmp_path, tmp_path / "out", tasks=["gsm8k"], echo=lines.append) == []
     assert any("baseline_gsm8k" in x and "not the same template" in x for x in lines)
     assert Q_SENTINEL not in "".join(lines)
+
+
+def test_import_team_command(imported, tmp_path, capsys):
+    assert run.main(["import-team", str(STANDIN), "--out", str(tmp_path / "t"), "--task", "gsm8k"]) == 0
+    assert sorted(p.name for p in (tmp_path / "t").iterdir()) == ["baseline_gsm8k.yaml", "hierarchical_gsm8k.yaml",
+                                                                "sequential_gsm8k.yaml"]
+    assert (tmp_path / "t" / "sequential_gsm8k.yaml").read_text() == (imported[0] / "sequential_gsm8k.yaml").read_text()
+    with pytest.raises(SystemExit) as e:
+        run.main(["import-team", str(tmp_path / "nothing"), "--out", str(tmp_path / "u")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("run.py import-team: error: ") and "not a folder" in err[0]
 
 
 def test_not_a_checkout_is_one_line(tmp_path):
@@ -264,33 +286,31 @@ def test_zero_steps_judger_empty_answers_from_its_prompt_alone(tiny):
 # --- the command line ------------------------------------------------------------------------------------------------
 
 def test_think_takes_an_optional_text(tmp_path):
-    assert run.resolve_args(["--method", "latent_mas", "--think"]).latent.think == "<think>"
-    assert run.resolve_args(["--method", "latent_mas", "--think", "<think>\n"]).latent.think == "<think>\n"
-    assert run.resolve_args(["--method", "latent_mas"]).latent.think is None
+    assert _settings(["--method", "latent_mas", "--think"]).latent.think == "<think>"
+    assert _settings(["--method", "latent_mas", "--think", "<think>\n"]).latent.think == "<think>\n"
+    assert _settings(["--method", "latent_mas"]).latent.think is None
     f = tmp_path / "exp.yaml"
     f.write_text("method: latent_mas\nthink: true\n")
-    assert run.resolve_args(["--config", str(f)]).latent.think == "<think>"
+    assert _settings(["--config", str(f)]).latent.think == "<think>"
     from config import RunConfig
 
     assert RunConfig.from_saved({"think": True}).latent.think == "<think>\n"  # what a switch-era run appended
     assert RunConfig.from_saved({"think": False}).latent.think is None
 
 
-def test_agents_path_placeholders_and_baseline_team(imported, capsys):
+def test_agents_path_placeholders_and_baseline_team(imported):
     folder = imported[0]
     template = f"{folder}/{{prompt}}_{{task}}.yaml"
-    cfg = run.resolve_args(["--method", "text_mas", "--task", "medqa", "--agents", template])
+    cfg = _settings(["--method", "text_mas", "--task", "medqa", "--agents", template])
     assert cfg.team.agents == f"{folder}/sequential_medqa.yaml"
-    plan = run.prepare(["--method", "baseline", "--agents", f"{folder}/{{prompt}}_{{task}}.yaml"])
+    plan = _prepare(["--method", "baseline", "--agents", f"{folder}/{{prompt}}_{{task}}.yaml"])
     assert plan.cfg.team.agents == f"{folder}/baseline_gsm8k.yaml" and len(plan.team.agents) == 1
-    assert run.prepare(["--method", "baseline"]).team is None  # the harness's own prompt stays the default
-    with pytest.raises(SystemExit):
-        run.prepare(["--method", "baseline", "--agents", f"{folder}/sequential_gsm8k.yaml"])
-    assert "baseline takes a one-agent team, this one has 4" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        run.prepare(["--method", "text_mas", "--handoff", "latent_only"])
-    assert "--handoff does nothing for --method text_mas" in capsys.readouterr().err
-    run.prepare(["--method", "latent_mas", "--handoff", "latent_only", "--kv_positions", "shift"])  # allowed
+    assert _prepare(["--method", "baseline"]).team is None  # the harness's own prompt stays the default
+    with pytest.raises(config.ConfigError, match="baseline takes a one-agent team, this one has 4"):
+        _prepare(["--method", "baseline", "--agents", f"{folder}/sequential_gsm8k.yaml"])
+    with pytest.raises(config.ConfigError, match="--handoff does nothing for --method text_mas"):
+        _prepare(["--method", "text_mas", "--handoff", "latent_only"])
+    _prepare(["--method", "latent_mas", "--handoff", "latent_only", "--kv_positions", "shift"])  # allowed
 
 
 def test_imported_team_runs_from_the_command_line_with_trace(tiny_model_dir, imported, tmp_path):
