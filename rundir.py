@@ -33,7 +33,7 @@ from typing import IO
 import strictfiles
 from config import ConfigError, RunConfig
 from errors import RunError
-from strictfiles import clip
+from strictfiles import clip, shown
 from utils import wilson_ci
 
 CONFIG, RESULTS, SUMMARY, PARTS, LOCK_FILE = "config.json", "results.jsonl", "summary.json", "parts", "run.lock"
@@ -261,6 +261,56 @@ def is_run(path: Path) -> bool:
     return (path / SUMMARY).exists() or (path / RESULTS).exists() or (path / PARTS).is_dir()
 
 
+# what summary.json holds, by type (any key may also be null): a report formats these, so a wrong type is refused
+# when the run is read, in one line naming file and key, instead of failing later inside a table or a plot
+_NUMBER = (int, float)
+SUMMARY_TYPES: dict[str, tuple] = {
+    **dict.fromkeys(("method", "task", "model", "prompt", "data_source", "data_note"), (str,)),
+    **dict.fromkeys(("n", "n_expected", "correct", "latent_steps", "seed", "max_new_tokens", "n_options"), (int,)),
+    **dict.fromkeys(("accuracy", "temperature", "time_total_s", "time_per_sample_s", "generated_tokens_mean",
+                     "kv_tokens_judger_mean", "kv_bytes_judger_mean", "kv_kept_share_judger_mean",
+                     "kv_tokens_full_judger_mean", "compress_time_mean_s", "fidelity_agreement_mean",
+                     "fidelity_kl_mean", "fidelity_output_match_rate"), _NUMBER),
+    "complete": (bool,), "compression": (dict,), "accuracy_ci95": (list,),
+}
+RECORD_TYPES: dict[str, tuple] = {"correct": (bool,), "time_s": _NUMBER, "generated_tokens": _NUMBER,
+                                  "agents": (list,)}
+
+
+_WANT = {(str,): "text", (int,): "an integer", _NUMBER: "a number", (bool,): "true or false",
+         (dict,): "an object with kv_policy and kv_keep", (list,): "[low, high] of numbers"}
+
+
+def _typed(value, types: tuple) -> bool:
+    if isinstance(value, bool):  # a bool is an int to Python, never a count or a number here
+        return bool in types
+    return isinstance(value, types)
+
+
+def check_summary(summary: dict, path: Path) -> dict:
+    """summary.json's values against SUMMARY_TYPES (keys it lacks, or does not know, are left alone)."""
+    for key, types in SUMMARY_TYPES.items():
+        value = summary.get(key)
+        ok = value is None or _typed(value, types)
+        if ok and key == "accuracy_ci95" and value is not None:
+            ok = len(value) == 2 and all(v is None or _typed(v, _NUMBER) for v in value)
+        if ok and key == "compression" and value is not None:
+            ok = _typed(value.get("kv_policy"), (str,)) and _typed(value.get("kv_keep"), _NUMBER)
+        if not ok:
+            raise RunDirError(f"{path}: {key} is {shown(value)}, not {_WANT[types]}; not a summary this tool "
+                              "wrote: fix it, or delete it (a report rebuilds it from config.json and the records)")
+    return summary
+
+
+def check_record(rec: dict, path: Path) -> dict:
+    """A record's fields that summaries and reports add up, against RECORD_TYPES."""
+    for key, types in RECORD_TYPES.items():
+        if key in rec and not _typed(rec[key], types):
+            raise RunDirError(f"{path}: the record of item {rec['index']} has {key} {shown(rec[key])}; it is not a "
+                              "record this tool wrote: fix or delete that line")
+    return rec
+
+
 def read_run(path: Path) -> SavedRun:
     """A run directory for reports: its config, settings, records (results.jsonl, then parts not merged yet; read
     only) and summary. Any damaged file is a RunDirError naming it."""
@@ -268,8 +318,10 @@ def read_run(path: Path) -> SavedRun:
     config = _read_json(path / CONFIG, "config") if (path / CONFIG).exists() else {}
     settings = RunConfig.from_saved(config["args"]) if isinstance(config.get("args"), dict) else None
     records = list(collect(path).values())
+    for rec in records:
+        check_record(rec, path / RESULTS)
     if (path / SUMMARY).exists():
-        summary = _read_json(path / SUMMARY, "summary")
+        summary = check_summary(_read_json(path / SUMMARY, "summary"), path / SUMMARY)
     elif settings is not None and records:  # killed before it wrote a summary: rebuild it the way run.py does
         data = config.get("data", {})
         summary = summarize(records, settings, data, data.get("n_items", len(records)))

@@ -451,3 +451,33 @@ def test_run_files_with_nan_or_duplicate_keys_are_refused_naming_the_file(file, 
         read_run(d)
     code, _, err = _cli(["report", str(d), "--out", str(tmp_path / "rep")], capsys)
     assert code == 2 and "Traceback" not in err and file in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("file, key, value", [
+    ("summary.json", "accuracy", "high"),
+    ("summary.json", "n", True),
+    ("summary.json", "n", 2.5),
+    ("summary.json", "accuracy_ci95", [0.1]),
+    ("summary.json", "compression", {"kv_policy": "snapkv", "kv_keep": "half"}),
+    ("summary.json", "model", ["a", "b"]),
+    ("results.jsonl", "correct", "yes"),
+    ("results.jsonl", "time_s", "slow"),
+])
+def test_wrong_typed_fields_are_refused_in_one_line(file, key, value, finished_run, tmp_path, capsys):
+    import json
+    import shutil
+
+    d = tmp_path / "edited"
+    shutil.copytree(finished_run, d, ignore=shutil.ignore_patterns("run.lock"))
+    if file == "summary.json":
+        s = json.loads((d / file).read_text())
+        s[key] = value
+        (d / file).write_text(json.dumps(s))
+    else:
+        lines = (d / file).read_text().splitlines()
+        rec = json.loads(lines[0])
+        rec[key] = value
+        (d / file).write_text("\n".join([json.dumps(rec), *lines[1:]]) + "\n")
+        (d / "summary.json").unlink()  # the report rebuilds the summary from the records
+    code, _, err = _cli(["report", str(d), "--out", str(tmp_path / "rep")], capsys)
+    assert code == 2 and "Traceback" not in err and file in err and key in err and err.count("\n") == 1
