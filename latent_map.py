@@ -23,10 +23,12 @@ from dataclasses import dataclass
 
 import torch
 
+from errors import RunError
+
 PROBE = "The team sells 17 apples each day: how many dollars is that? \\boxed{42} A) B) <|im_end|>"
 
 
-class LatentMapError(Exception):
+class LatentMapError(RunError):
     """Two models' latents cannot be mapped; the message names the fix."""
 
 

@@ -155,18 +155,51 @@ def load(plan: Plan, run_dir: RunDir, wrapper_for: Callable | None = None) -> tu
     if not items:
         raise ConfigError(f"task {d.task} gave no items; check --split / --data_path")
     n_total, items = len(items), launch.shard(items)
-    wrapper = (wrapper_for or load_wrapper)(cfg, launch)
+    wrapper, models = load_models(plan, wrapper_for or load_wrapper)
     compressor = compressor_from_args(cfg.compression)
     if compressor is not None:
-        compressor.check(wrapper.model)
+        for w in models.wrappers.values() if models else [wrapper]:
+            compressor.check(w.model)
     if not run_dir.resumed and launch.is_main:
         try:
-            run_dir.write_config(config_json(plan, wrapper, data_info, launch.describe(n_total, items)))
+            run_dir.write_config(config_json(plan, wrapper, data_info, launch.describe(n_total, items), models))
         except RunDirError as e:
             raise RunDirError(f"{e}; free space or fix the folder, then start the run again") from None
     method_cfg = MethodConfig.from_run(cfg, TASKS[d.task].answer_type, compressor=compressor, team=plan.team,
-                                       observer=observer_from_args(cfg, run_dir.path))
+                                       observer=observer_from_args(cfg, run_dir.path), models=models)
     return items, data_info, wrapper, method_cfg
+
+
+def load_models(plan: Plan, wrapper_for: Callable) -> tuple:
+    """The run's models: (the wrapper the loop hands to the method: the last agent's, models.TeamModels or None for
+    baseline). A team loads each distinct model its agents name once (--model_name's through `wrapper_for`, so a
+    sweep's loaded model serves) and runs as models.team_models decides: plan.team becomes the team as it runs
+    (config.json saves that one), and each change is said in one line."""
+    from models import team_models
+    from parallel import DEVICE_MAPS
+    from registry import TOPOLOGIES
+
+    cfg, launch = plan.cfg, plan.launch
+    if plan.team is None:
+        return wrapper_for(cfg, launch), None
+
+    def make(name: str):
+        if name == cfg.model.model_name:
+            return wrapper_for(cfg, launch)
+        if cfg.hardware.device_map and cfg.hardware.device_map not in DEVICE_MAPS:
+            raise ConfigError(f"--device_map {cfg.hardware.device_map} names one model's modules; a team of several "
+                              f"models takes a strategy ({', '.join(DEVICE_MAPS)}) that places each model in turn")
+        return load_wrapper(cfg.updated({"model_name": name}), launch)
+
+    def log(line: str) -> None:
+        if launch.is_main:
+            print(line, file=sys.stderr)
+
+    models, plan.team, notices = team_models(plan.team, cfg.model.model_name, make, TOPOLOGIES[cfg.team.prompt][1],
+                                             cfg.model.cross_model, cfg.method, log)
+    for line in notices:
+        log(f"[team] {line}")
+    return models.of(len(models.names) - 1), models
 
 
 def load_wrapper(cfg: RunConfig, launch: Launch, loaded: tuple | None = None):
@@ -193,8 +226,9 @@ def load_wrapper(cfg: RunConfig, launch: Launch, loaded: tuple | None = None):
     return wrapper
 
 
-def config_json(plan: Plan, wrapper, data_info: dict, scale_out: dict) -> dict:
-    """config.json of a new run: every setting (flat, under "args"), data, team, device, model, versions."""
+def config_json(plan: Plan, wrapper, data_info: dict, scale_out: dict, models=None) -> dict:
+    """config.json of a new run: every setting (flat, under "args"), data, team, device, model (the last agent's),
+    the team's models and latent maps (teams of several models), versions."""
     from architecture import model_summary
 
     model = wrapper.model
@@ -202,7 +236,10 @@ def config_json(plan: Plan, wrapper, data_info: dict, scale_out: dict) -> dict:
                   "latent_target_norm": wrapper.realigner.target_norm if wrapper.realigner else None}
     return {"args": plan.cfg.flat(), "config_file": plan.config_file, "data": data_info,
             "team": plan.team.as_dict() if plan.team else None, "device": str(wrapper.device),
-            "dtype": str(model.dtype), "model": model_info, "environment": environment(), "scale_out": scale_out}
+            "dtype": str(model.dtype), "model": model_info, "models": models.describe() if models else None,
+            "latent_maps": [{"from": a, "to": b, "shape": list(m.weight.shape), "vocab": m.vocab}
+                            for (a, b), m in models.maps.items()] if models else None,
+            "environment": environment(), "scale_out": scale_out}
 
 
 # --- the loop --------------------------------------------------------------------------------------------------------

@@ -19,8 +19,8 @@ SUMMARY_KEYS = ["method", "task", "model", "prompt", "n", "correct", "accuracy",
                 "compression", "seed", "time_total_s", "time_per_sample_s", "generated_tokens_mean",
                 "kv_tokens_judger_mean", "kv_bytes_judger_mean"]
 RECORD_KEYS = ["index", "question", "gold", "prediction", "correct", "output", "generated_tokens", "time_s", "agents"]
-AGENT_KEYS = ["name", "role", "prompt_tokens", "latent_steps", "output_tokens", "kv_tokens_in", "kv_tokens_out",
-              "kv_bytes_in", "kv_bytes_out", "time_s"]
+AGENT_KEYS = ["name", "role", "model", "prompt_tokens", "latent_steps", "output_tokens", "kv_tokens_in",
+              "kv_tokens_out", "kv_bytes_in", "kv_bytes_out", "time_s"]
 
 
 def _cli(tiny_model_dir, out, *extra):

@@ -288,3 +288,40 @@ def test_the_map_bench_measures_on_held_out_tokens(loaded):
     assert self_map["test_tokens"] == 99 and self_map["fit_tokens"] == 300  # the all-zero padding row left out
     assert self_map["r2_held_out"] > 0.999 and self_map["agreement_held_out"] == 1.0
     assert other["r2_held_out"] < 0.5 and other["shape"] == [64, 48]  # two random models: little to map
+
+
+def test_the_cli_runs_a_mixed_team_records_its_models_and_resumes(dirs, tmp_path, capsys):
+    import json
+
+    import run
+
+    team = tmp_path / "mixed.json"
+    team.write_text(json.dumps({"agents": [{"name": "Scout", "prompt": "Look at {question}"},
+                                           {"name": "Closer", "prompt": "{question} {answer}", "model": dirs["b"]}]}))
+    args = ["--method", "latent_mas", "--agents", str(team), "--model_name", dirs["a"], "--max_samples", "2",
+            "--max_new_tokens", "4", "--temperature", "0", "--latent_steps", "1", "--device", "cpu",
+            "--output_dir", str(tmp_path / "runs")]
+    assert run.main(args) == 0
+    err = capsys.readouterr().err
+    assert "[team] agent Scout hands on to Closer on another model: it writes text" in err
+    assert sum(f"[model] {d}:" in err for d in (dirs["a"], dirs["b"])) == 2 and "MiB of weights" in err
+    rd = next((tmp_path / "runs").iterdir())
+    config = json.loads((rd / "config.json").read_text())
+    assert [(m["name"], m["agents"], m["hidden_size"]) for m in config["models"]] == [(dirs["a"], [0], 64),
+                                                                                      (dirs["b"], [1], 48)]
+    assert [a["mode"] for a in config["team"]["agents"]] == ["text", "text"]  # saved as it ran
+    summary = json.loads((rd / "summary.json").read_text())
+    assert list(summary["models"]) == [dirs["a"], dirs["b"]]
+    lines = (rd / "results.jsonl").read_text().splitlines(keepends=True)
+    (rd / "results.jsonl").write_text(lines[0])
+    assert run.main(["--resume", str(rd)]) == 0
+    assert "[team]" not in capsys.readouterr().err  # the saved team already writes text
+    recs = [json.loads(x) for x in (rd / "results.jsonl").read_text().splitlines()]
+    assert [a["model"] for a in recs[1]["agents"]] == [dirs["a"], dirs["b"]]
+    assert recs[1]["agents"][1]["handoffs"][0]["from"] == "Scout"
+    capsys.readouterr()
+    bad = ["--method", "latent_mas", "--agents", str(team), "--model_name", dirs["c"], "--cross_model", "latent-map",
+           "--max_samples", "1", "--device", "cpu", "--output_dir", str(tmp_path / "bad")]
+    with pytest.raises(SystemExit) as e:
+        run.main(bad)
+    assert e.value.code == 2 and "tokenizers differ" in capsys.readouterr().err
