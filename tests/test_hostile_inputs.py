@@ -59,11 +59,12 @@ def test_json_duplicates_and_non_finite_numbers_are_refused(text, message):
         strictfiles.parse(text, "json")
 
 
-def test_an_alias_bomb_is_refused_in_linear_time():
-    start = time.perf_counter()
+def test_an_alias_bomb_is_refused_before_it_is_built(monkeypatch):
+    import yaml
+
+    monkeypatch.setattr(yaml.SafeLoader, "construct_document", lambda *a: pytest.fail("the document was built"))
     with pytest.raises(DocumentError, match="expands to more than"):
         strictfiles.parse(_bomb(), "yaml")
-    assert time.perf_counter() - start < 2
 
 
 def test_aliases_under_the_bound_still_work():
@@ -87,10 +88,8 @@ def test_a_document_over_the_size_bound_is_refused_unread(tmp_path):
 def test_shown_is_bounded_in_length_and_work():
     import yaml
 
-    huge = yaml.safe_load(_bomb(8))["method"]  # 9^9 strings by reference: walking it all would take minutes
-    start = time.perf_counter()
-    text = strictfiles.shown(huge)
-    assert len(text) <= 80 and time.perf_counter() - start < 0.1
+    huge = yaml.safe_load(_bomb(8))["method"]  # 9^9 strings by reference: repr() would run out of memory
+    assert len(strictfiles.shown(huge)) <= 80
     assert len(strictfiles.shown("x" * 10 ** 6)) <= 80
 
 
@@ -150,11 +149,10 @@ def test_the_alias_bomb_on_the_command_line_ends_in_one_short_line(command, tmp_
 
     path = tmp_path / "bomb.yaml"
     path.write_text(_bomb_in_one_value())
-    start = time.perf_counter()
     argv = [command[0], str(path), *command[1:]]
-    p = subprocess.run([sys.executable, "run.py", *argv], capture_output=True, text=True,
-                       cwd=strictfiles.Path(strictfiles.__file__).parent, timeout=60)
-    assert p.returncode == 2 and time.perf_counter() - start < 15
+    p = subprocess.run([sys.executable, "run.py", *argv], capture_output=True, text=True,  # before: minutes, then
+                       cwd=strictfiles.Path(strictfiles.__file__).parent, timeout=120)  # MemoryError
+    assert p.returncode == 2
     assert "Traceback" not in p.stderr and len(p.stdout + p.stderr) < 2000 and p.stderr.count("\n") == 1
 
 
@@ -194,9 +192,8 @@ def test_a_million_cell_grid_is_refused_before_any_cell_is_built(tmp_path, monke
     monkeypatch.setattr(sweep, "expand", lambda *a: pytest.fail("cells were built"))
     f = tmp_path / "big.yaml"
     f.write_text(f"method: latent_mas\nkv_policy: knorm\n{_axes(10, 6)}output_dir: {tmp_path / 'big'}\n")
-    start = time.perf_counter()
     code, out, err = _cli(["sweep", str(f), "--dry_run"], capsys)
-    assert code == 2 and time.perf_counter() - start < 5
+    assert code == 2
     assert "1000000 cells" in err and "--max_cells 1000000" in err and "Traceback" not in err
     assert err.count("\n") == 1 and not (tmp_path / "big").exists()
 
