@@ -38,6 +38,7 @@ from registry import (
     QUERIES,
     TASKS,
     TOPOLOGIES,
+    TRACKERS,
     query_problem,
 )
 from strictfiles import clip, shown
@@ -52,6 +53,16 @@ POSITIONS = ("original", "rerotate", "shift")
 
 class ConfigError(RunError):
     """A setting, a combination of settings or an experiment file that cannot work; the message names the fix."""
+
+
+def _trackers(text: str) -> str:
+    """An argparse type: tracker names (registry.TRACKERS), comma-separated, normalised."""
+    from trackers import TrackerError, parse_names
+
+    try:
+        return ",".join(parse_names(text))
+    except TrackerError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _bounded(kind, lo=None, hi=None, lo_open=False, hi_open=False, extra_ok=()):
@@ -233,6 +244,12 @@ class OutputConfig:
     trace: bool = setting(False, "records hold, per agent, the chat messages, the rendered text, its token ids and "
                           "the generated ids, and at each compression the kept entries (to compare token by token "
                           "with another implementation)")
+    log_with: str | None = setting(None, f"experiment trackers through accelerate, comma-separated: "
+                                   f"{', '.join(TRACKERS)} (settings, per-item accuracy / tokens / KV bytes / time, "
+                                   "the summary; pip install -r requirements-trackers.txt)", parse=_trackers,
+                                   metavar="NAME[,NAME]", runtime=True)
+    log_dir: str | None = setting(None, "where the trackers' local stores go (default: RUN_DIR/trackers; a sweep: "
+                                  "its folder's trackers/)", runtime=True)
 
 
 SECTIONS: dict[str, type] = {"team": TeamConfig, "model": ModelConfig, "data": DataConfig, "latent": LatentConfig,
@@ -645,6 +662,14 @@ def check(cfg: RunConfig, given: dict) -> list[str]:
         raise ConfigError("--knn_strategy goes with --knn_filter (the seed's switch): give both, or --kv_policy")
     if cfg.data.data_source == "file" and not cfg.data.data_path:
         raise ConfigError("--data_source file needs --data_path FILE")
+    if cfg.output.log_with:
+        from trackers import missing, parse_names
+
+        problem = missing(parse_names(cfg.output.log_with))
+        if problem:
+            raise ConfigError(problem)
+    if cfg.output.log_dir and not cfg.output.log_with:
+        raise ConfigError("--log_dir goes with --log_with (the trackers that write there)")
 
     warnings = []
     if m != "latent_mas" and given_("latent_steps"):

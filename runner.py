@@ -18,6 +18,7 @@ from pathlib import Path
 
 # nothing heavy is imported before the settings are checked and the run directory is locked
 from config import ConfigError, Invocation, RunConfig, check, new_run, normalize, resumed
+from errors import RunError
 from parallel import Launch
 from registry import TASKS
 from rundir import RunDir, RunDirError, read_config, summarize, to_json
@@ -113,6 +114,7 @@ class OpenRun:
     again: str  # how to continue after a disk error: "continue with python run.py --resume DIR", ...
     label: str = "[run]"  # how the progress lines name it
     name: str = ""  # the progress bar's name
+    tracking: object = None  # trackers.Tracking (--log_with), main process only
 
     @property
     def cfg(self) -> RunConfig:
@@ -120,9 +122,10 @@ class OpenRun:
 
 
 def start(plan: Plan, run_dir: RunDir, wrapper_for: Callable | None = None, again: str = "",
-          label: str | None = None, name: str | None = None) -> OpenRun:
-    """Load what the run needs into its open directory. A failure before anything was written removes the folder it
-    created (no empty folders from failed starts); every failure releases the directory's lock."""
+          label: str | None = None, name: str | None = None, group: str | None = None) -> OpenRun:
+    """Load what the run needs into its open directory and start its trackers (`group`: the sweep's name). A failure
+    before anything was written removes the folder it created (no empty folders from failed starts); every failure
+    releases the directory's lock."""
     try:
         items, data_info, wrapper, method_cfg = load(plan, run_dir, wrapper_for)
     except BaseException:
@@ -135,8 +138,18 @@ def start(plan: Plan, run_dir: RunDir, wrapper_for: Callable | None = None, agai
         raise
     todo = [it for it in plan.launch.mine(items) if it.index not in done]
     cfg = plan.cfg
+    tracking = None
+    if plan.launch.is_main and cfg.output.log_with:
+        from trackers import open_tracking
+
+        try:
+            tracking = open_tracking(cfg, run_dir.path, name or run_dir.path.name, group)
+        except RunError:
+            writer.close()
+            run_dir.release()
+            raise
     return OpenRun(plan, run_dir, items, data_info, wrapper, method_cfg, done, writer, todo, again,
-                   label or f"[run]{plan.launch.tag}", name or f"{cfg.method}/{cfg.data.task}")
+                   label or f"[run]{plan.launch.tag}", name or f"{cfg.method}/{cfg.data.task}", tracking)
 
 
 def load(plan: Plan, run_dir: RunDir, wrapper_for: Callable | None = None) -> tuple:
@@ -302,6 +315,8 @@ def loop(opened: list[OpenRun], shared: SharedReference | None = None) -> bool:
                 for rec in records:
                     o.writer.write(rec)
                     o.done[rec["index"]] = rec
+                    if o.tracking is not None:
+                        o.tracking.item(rec, o.done)
                     if o.cfg.output.verbose:
                         tqdm.write(trace(rec))
                 bar.update(len(records))
@@ -312,6 +327,8 @@ def loop(opened: list[OpenRun], shared: SharedReference | None = None) -> bool:
     except BaseException as e:
         for each in opened:  # these runs cannot finish now
             each.run_dir.release()
+            if each.tracking is not None:
+                each.tracking.close()
         if isinstance(e, RunDirError):
             raise RunDirError(f"{e}; the finished items are on disk: free space or fix the folder, then {o.again}") \
                 from None
@@ -335,11 +352,15 @@ def finish(o: OpenRun, interrupted: bool) -> tuple[int, dict | None]:
             summary = summarize(list(done.values()), o.cfg, o.data_info, expected_n=len(o.items))
             summary["run_dir"] = str(o.run_dir.path)
             o.run_dir.write_summary(summary)
+            if o.tracking is not None:
+                o.tracking.summary(summary)
     except RunDirError as e:
         raise RunDirError(f"{e}; the finished items are on disk: free space or fix the folder, then {o.again}") \
             from None
     finally:
         o.run_dir.release()
+        if o.tracking is not None:
+            o.tracking.close()
     return (130 if interrupted else 0), summary
 
 

@@ -420,7 +420,7 @@ def open_cell(cell: Cell, pool: ModelPool, file: Path) -> runner.OpenRun | None:
         return None
     try:
         o = runner.start(plan, run_dir, pool.wrapper, again="run the sweep again",
-                         label=f"[{LABEL}] cell {cell.index} {cell.name}:", name=cell.name)
+                         label=f"[{LABEL}] cell {cell.index} {cell.name}:", name=cell.name, group=file.stem)
     except RunError as e:
         cell.status, cell.note = "failed", str(e)
         print(f"{LABEL}: error: cell {cell.name}: {cell.note}", file=sys.stderr)
