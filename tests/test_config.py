@@ -47,7 +47,7 @@ def test_every_flag_is_one_field_saved_and_read_back():
     dests = {a.dest for a in config.build_parser()._actions} - {"help", "config", "resume"}
     assert dests == set(FLAGS)
     assert config.RUNTIME == {"device", "device_map", "max_memory", "attn_implementation", "generate_bs",
-                              "eval_workers", "verbose", "output_dir", "run_dir", "compile"}
+                              "eval_workers", "verbose", "output_dir", "run_dir", "compile", "log_with", "log_dir"}
     cfg = RunConfig().updated({"method": "latent_mas", "kv_policy": "knorm", "kv_keep": 0.5, "prefix_reuse": False,
                                "code_timeout_s": 3.0, "generate_bs": 4})
     assert cfg.compression.kv_keep == 0.5 and cfg.model.prefix_reuse is False and cfg.decoding.generate_bs == 4
