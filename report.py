@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -101,20 +102,23 @@ def load_run(path: Path) -> Run:
 
 
 def find_runs(paths: list[str]) -> list[Run]:
-    runs = []
+    """The runs in `paths` (run directories, or folders holding them), each once: a run given twice, or given and
+    inside a folder given, is one run (it would otherwise be counted twice and paired with itself)."""
+    found: dict[Path, Path] = {}  # resolved -> as given, first seen first
     for p in map(Path, paths):
-        if not p.is_dir():
+        if not os.path.isdir(p):  # os.path: False, not an exception, for a name too long or no permission
             raise ReportError(f"{p}: not a directory; give run directories (or folders holding them)")
         if _is_run(p):
-            runs.append(load_run(p))
+            found.setdefault(p.resolve(), p)
             continue
         inner = sorted(d for d in p.iterdir() if d.is_dir() and _is_run(d))
         if not inner:
             raise ReportError(f"{p}: neither a run directory (summary.json, results.jsonl) nor a folder of them")
-        runs += [load_run(d) for d in inner]
-    if not runs:
+        for d in inner:
+            found.setdefault(d.resolve(), d)
+    if not found:
         raise ReportError("no runs given")
-    return runs
+    return [load_run(p) for p in found.values()]
 
 
 # --- grouping and labels -----------------------------------------------------------------------------------------
@@ -160,8 +164,22 @@ def label_runs(runs: list[Run]) -> None:
         if len(same) > 1:
             seeds = [r.get("seed") for r in same]
             by_seed = None not in seeds and len(set(seeds)) == len(seeds)  # runs of one setting, one per seed
-            for r in same:
-                r.label += f" s{r.get('seed')}" if by_seed else f" [{r.path.name[-15:]}]"
+            tails = distinct_tails([r.path for r in same])
+            for r, tail in zip(same, tails):
+                r.label += f" s{r.get('seed')}" if by_seed else f" [{tail}]"
+
+
+def distinct_tails(paths: list[Path], width: int = 15) -> list[str]:
+    """Short names that tell the paths apart: the last `width` characters of each folder name, or where two share
+    them, the shortest tail of the path (parent/name, ...) that differs (two sweeps' cells share folder names)."""
+    resolved = [p.resolve() for p in paths]
+    for k in range(1, max(len(p.parts) for p in resolved) + 1):
+        tails = ["/".join(p.parts[-k:]) for p in resolved]
+        if k == 1:
+            tails = [t[-width:] for t in tails]
+        if len(set(tails)) == len(tails):
+            return tails
+    return [str(p) for p in resolved]
 
 
 def series_key(r: Run) -> tuple:
@@ -648,7 +666,10 @@ def build_report(paths: list[str], out: Path, command: str | None = None, baseli
     papers = load_published(published)
     runs = find_runs(paths)
     base = _find_baseline(runs, baseline)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ReportError(f"--out {out}: cannot create it ({e.strerror}); give a writable folder") from None
     grouped = group_runs(runs)
     groups = []
     for i, (key, rs) in enumerate(grouped.items()):
@@ -747,6 +768,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def command(args: argparse.Namespace) -> int:
     out = Path(args.out or Path("reports") / datetime.now().strftime("%Y%m%d-%H%M%S"))
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ReportError(f"--out {out} is a file; give a folder for report.md, report.json and the plots")
     result = build_report(args.runs, out, command="python run.py report " + " ".join(args.argv),
                           baseline=args.baseline, published=None if args.published == "none" else Path(args.published))
     print(f"[report] {len(result['runs'])} run(s) in {len(result['groups'])} group(s) -> {out / 'report.md'}",

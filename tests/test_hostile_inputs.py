@@ -478,3 +478,43 @@ def test_wrong_typed_fields_are_refused_in_one_line(file, key, value, finished_r
         (d / "summary.json").unlink()  # the report rebuilds the summary from the records
     code, _, err = _cli(["report", str(d), "--out", str(tmp_path / "rep")], capsys)
     assert code == 2 and "Traceback" not in err and file in err and key in err and err.count("\n") == 1
+
+
+# --- report: runs whose folders share a name, a run given twice, --out naming a file ---------------------------------
+
+def test_runs_whose_folders_share_a_name_get_unique_labels(finished_run, tmp_path, capsys):
+    import json
+    import shutil
+
+    for parent in ("sweep_a", "sweep_b"):
+        shutil.copytree(finished_run, tmp_path / parent / "cell", ignore=shutil.ignore_patterns("run.lock"))
+    code, _, err = _cli(["report", str(tmp_path / "sweep_a" / "cell"), str(tmp_path / "sweep_b" / "cell"),
+                         "--out", str(tmp_path / "rep")], capsys)
+    assert code == 0, err
+    labels = [r["label"] for r in json.loads((tmp_path / "rep" / "report.json").read_text())["runs"]]
+    assert len(labels) == 2 and len(set(labels)) == 2 and "sweep_a/cell" in labels[0] + labels[1]
+
+
+@pytest.mark.parametrize("twice", ["same path", "path and its folder", "path and a spelling of it"])
+def test_a_run_given_twice_is_counted_once(twice, finished_run, tmp_path, capsys):
+    import json
+    import shutil
+
+    folder = tmp_path / "runs"
+    run_dir = folder / "one"
+    shutil.copytree(finished_run, run_dir, ignore=shutil.ignore_patterns("run.lock"))
+    other = {"same path": run_dir, "path and its folder": folder,
+             "path and a spelling of it": folder / ".." / "runs" / "one"}[twice]
+    code, _, err = _cli(["report", str(run_dir), str(other), "--out", str(tmp_path / "rep")], capsys)
+    assert code == 0, err
+    result = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert len(result["runs"]) == 1 and result["paired"] == []  # never paired with itself
+
+
+def test_out_naming_a_file_is_refused_in_one_line(finished_run, tmp_path, capsys):
+    (tmp_path / "afile").write_text("keep me")
+    code, _, err = _cli(["report", str(finished_run), "--out", str(tmp_path / "afile")], capsys)
+    assert code == 2 and "Traceback" not in err and "is a file" in err and err.count("\n") == 1
+    assert (tmp_path / "afile").read_text() == "keep me"
+    code, _, err = _cli(["report", str(finished_run), "--out", str(tmp_path / "afile" / "sub")], capsys)
+    assert code == 2 and "Traceback" not in err and err.count("\n") == 1
