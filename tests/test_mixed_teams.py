@@ -325,3 +325,27 @@ def test_the_cli_runs_a_mixed_team_records_its_models_and_resumes(dirs, tmp_path
     with pytest.raises(SystemExit) as e:
         run.main(bad)
     assert e.value.code == 2 and "tokenizers differ" in capsys.readouterr().err
+
+
+
+def test_the_team_bench_runs_every_configuration(dirs, tmp_path, monkeypatch):
+    import importlib.util
+    import json
+    import sys
+
+    from tests.conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("bench_mixed_teams", ROOT / "bench" / "mixed_teams.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "m.json"
+    monkeypatch.setattr(sys, "argv", ["x", "--model_name", dirs["a"], "--second", dirs["b"], "--max_samples", "2",
+                                      "--max_new_tokens", "3", "--latent_steps", "1", "--device", "cpu", "--dtype",
+                                      "float32", "--out", str(out)])
+    bench.main()
+    runs = json.loads(out.read_text())["runs"]
+    assert [(r["method"], r["team"], r["cross_model"], r["items"]) for r in runs] == [
+        (m, t, c, 2) for m, t, c in bench.CONFIGS]
+    one, two = [dirs["a"]], [dirs["a"], dirs["b"]]
+    assert [list(r["models"]) for r in runs] == [one, two, two, one, two]
+    assert [a["model"] for a in runs[2]["agents"]] == [dirs["a"]] * 3 + [dirs["b"]]
