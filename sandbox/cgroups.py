@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import os
-import secrets
 import signal
 import time
 from dataclasses import dataclass
@@ -65,6 +64,7 @@ class SampleCgroup:
 
 def create(memory_bytes: int, tasks: int) -> SampleCgroup | None:
     """A fresh cgroup limited to memory_bytes (no swap) and tasks threads, or None where none can be made."""
+    import secrets  # here: the runner imports this module only to join
     name = f"latentmas-{os.getpid()}-{secrets.token_hex(4)}"
     for make in (_create_v2, _create_v1):
         try:
