@@ -133,8 +133,9 @@ def test_cgroup_is_removed_after_the_run() -> None:
 
 # ---------------------------------------------------------------------------------------- builtins the tests use
 
-META = {"entry_point": "dist", "tests": "def check(candidate):\n    assert abs(candidate(1, 4) - 3) < 1e-9\n"
-        "    assert sorted([candidate(0, 2), 1]) == [1, 2]\n\ncheck(dist)\n"}
+# The candidate is called before the tests look up `abs`, so a replacement made during the call would count.
+META = {"entry_point": "dist", "tests": "def check(candidate):\n    got = candidate(1, 4)\n"
+        "    assert abs(got - 3) < 1e-9\n    assert sorted([candidate(0, 2), 1]) == [1, 2]\n\ncheck(dist)\n"}
 WRONG = "def dist(a, b):\n    return 0\n"
 CHEATS = {
     "module": "import builtins\nbuiltins.abs = lambda x: 0\nbuiltins.sorted = lambda x: [1, 2]\n" + WRONG,
