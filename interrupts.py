@@ -23,13 +23,15 @@ def _stop(signum, frame):
 
 
 def install() -> dict:
-    """Route SIGINT and SIGTERM to KeyboardInterrupt (main thread only; elsewhere nothing changes). Returns the
-    handlers it replaced, for restore()."""
+    """Route SIGINT and SIGTERM to KeyboardInterrupt (main thread only; elsewhere nothing changes). A signal the
+    process was started ignoring stays ignored: a shell starts background jobs (`cmd &`) with SIGINT ignored, and
+    nohup-style wrappers ignore others on purpose. Returns the handlers it replaced, for restore()."""
     global _first
     _first = None
     if threading.current_thread() is not threading.main_thread():
         return {}
-    return {s: signal.signal(s, _stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    return {s: signal.signal(s, _stop) for s in (signal.SIGINT, signal.SIGTERM)
+            if signal.getsignal(s) is not signal.SIG_IGN}
 
 
 def restore(previous: dict) -> None:

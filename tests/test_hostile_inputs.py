@@ -518,3 +518,19 @@ def test_out_naming_a_file_is_refused_in_one_line(finished_run, tmp_path, capsys
     assert (tmp_path / "afile").read_text() == "keep me"
     code, _, err = _cli(["report", str(finished_run), "--out", str(tmp_path / "afile" / "sub")], capsys)
     assert code == 2 and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_a_signal_the_process_was_started_ignoring_stays_ignored():
+    import signal
+
+    import interrupts
+
+    before = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        previous = interrupts.install()
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN and signal.SIGTERM not in previous
+        assert signal.getsignal(signal.SIGINT) is interrupts._stop
+        interrupts.restore(previous)
+        assert signal.getsignal(signal.SIGINT) is not interrupts._stop
+    finally:
+        signal.signal(signal.SIGTERM, before)
