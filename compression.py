@@ -4,8 +4,8 @@ A policy is a small dataclass whose `score` says how much each cached entry is w
 (L', B, H', T) with L' in {1, layers} and H' in {1, KV heads}; higher is kept. Everything else lives once in
 `Compressor`: the budget, the protected entries (the most recent ones, optionally every latent step), the
 selection scope (shared / per layer / per KV head), and the gather with its position handling (kv_state.select).
-Adding a policy = one class here + one row in registry.POLICIES (its name, this class, what it keeps, the
---kv_query values it reads, what it needs); the CLI, the README table and every test matrix read that list.
+Adding a policy = one class here marked @policy("name") + one row in registry.POLICIES (its name, what it keeps,
+the --kv_query values it reads, what it needs); the CLI, the README table and every test matrix read that list.
 """
 from __future__ import annotations
 
@@ -16,12 +16,12 @@ import torch
 import torch.nn.functional as F
 
 import architecture
+from config import CompressionConfig
 from errors import RunError
 from kv_state import LATENT, KVState, extend, rollback, select
-from registry import POLICIES, QUERIES
+from registry import POLICIES, POSITIONS, QUERIES, SCOPES
 
-SCOPES = ("shared", "layer", "head")
-__all__ = ["POLICIES", "QUERIES", "SCOPES", "CompressionError", "Compressor", "HandOff", "compressor_from_args",
+__all__ = ["POLICIES", "QUERIES", "CompressionError", "Compressor", "HandOff", "compressor_from_args",
            "make_policy"]
 
 
@@ -62,6 +62,20 @@ class HandOff:
         return self._attention[last]
 
 
+CLASSES: dict[str, type] = {}  # --kv_policy name -> the class that scores for it (registered by @policy)
+
+
+def policy(*names: str):
+    """Class decorator: this class scores for these rows of registry.POLICIES (a test checks every row has one)."""
+    def register(cls: type) -> type:
+        for name in names:
+            if name not in POLICIES:
+                raise KeyError(f"{name}: no such row in registry.POLICIES")
+            CLASSES[name] = cls
+        return cls
+    return register
+
+
 @torch.no_grad()
 def _prompt_attention(model, state: KVState, enc, last: int | None = None) -> list[torch.Tensor]:
     """Run the next prompt on the cache in a scoring pass (rolled back afterwards) and take, in every layer, the
@@ -98,6 +112,7 @@ def _fit_query(q: torch.Tensor, d: int) -> torch.Tensor:
 
 # --- policies ----------------------------------------------------------------------------------------------------
 
+@policy("knn-top", "knn-bottom")
 @dataclass
 class Knn:
     """The seed's kNN filter (kNN-LatentMAS): cosine similarity of cached keys to a query of the next agent.
@@ -129,6 +144,7 @@ class Knn:
         return s if self.strategy == "top" else -s
 
 
+@policy("snapkv")
 @dataclass
 class SnapKV:
     """SnapKV (Li et al. 2024, arXiv 2404.14469): attention from an observation window (the last `window` tokens of
@@ -149,6 +165,7 @@ class SnapKV:
         return pooled
 
 
+@policy("streaming")
 @dataclass
 class Streaming:
     """StreamingLLM (Xiao et al. 2023, arXiv 2309.17453): keep the first `sinks` entries and the most recent ones."""
@@ -160,6 +177,7 @@ class Streaming:
         return h.state.pos.float() + sink[None, :, None, :].float() * 1e9
 
 
+@policy("knorm")
 @dataclass
 class Knorm:
     """Keep keys with a low L2 norm (Devoto et al. 2024, arXiv 2406.11430), per layer and KV head."""
@@ -168,6 +186,7 @@ class Knorm:
         return -torch.stack([k.norm(dim=-1).to(h.device) for k in h.keys()])
 
 
+@policy("keydiff")
 @dataclass
 class KeyDiff:
     """KeyDiff (Park et al. 2025, arXiv 2504.15364): keep keys far (in cosine) from the mean key of their head."""
@@ -181,6 +200,7 @@ class KeyDiff:
         return torch.stack(out)
 
 
+@policy("random")
 @dataclass
 class Random:
     """Keep a uniformly random subset (the seed's `random` strategy), from a stream per item."""
@@ -194,6 +214,7 @@ class Random:
         return s.to(h.state.mask.device)[None, :, None, :]
 
 
+@policy("latents-only")
 @dataclass
 class LatentsOnly:
     """Hand on the latent-step entries of earlier agents and drop their prompt (and text) entries: every latent entry
@@ -209,41 +230,37 @@ class LatentsOnly:
 
 
 def make_policy(name: str, query: str = "embed-mean"):
-    """The policy object of a registry.POLICIES row: its class here, its fixed arguments, and the query if it reads
-    one (a policy that takes none ignores --kv_query; the CLI refuses the pair)."""
+    """The policy object of a registry.POLICIES row: its class here (CLASSES), its fixed arguments, and the query if it
+    reads one (a policy that takes none ignores --kv_query; the CLI refuses the pair)."""
     spec = POLICIES[name]
     kwargs = dict(spec.args, **({"query": query} if spec.queries else {}))
-    return globals()[spec.cls](**kwargs)
+    return CLASSES[name](**kwargs)
 
 
 # --- the shared mechanism ------------------------------------------------------------------------------------------
 
-@dataclass
 class Compressor:
-    policy_name: str
-    keep: float = 0.8
-    scope: str = "shared"
-    min_keep: int = 5
-    protect: str = "none"  # "latents": never drop latent-step entries
-    positions: str = "original"
-    at: str = "every"  # "every" hand-off, or only before the "judger"
-    query: str = "embed-mean"
+    """The run's compression settings (config.CompressionConfig, read by their own names) applied at hand-offs."""
 
-    def __post_init__(self):
-        if self.policy_name not in POLICIES:
-            raise CompressionError(f"unknown policy {self.policy_name!r}; choose from {', '.join(POLICIES)}")
-        if not 0 < self.keep <= 1:
-            raise CompressionError(f"keep ratio {self.keep} is outside (0, 1]")
-        self.policy = make_policy(self.policy_name, self.query)
+    def __init__(self, settings: CompressionConfig):
+        c = self.settings = settings
+        if c.kv_policy not in POLICIES:
+            raise CompressionError(f"unknown policy {c.kv_policy!r}; choose from {', '.join(POLICIES)}")
+        if not 0 < c.kv_keep <= 1:
+            raise CompressionError(f"keep ratio {c.kv_keep} is outside (0, 1]")
+        if c.kv_scope not in SCOPES or c.kv_positions not in POSITIONS:
+            raise CompressionError(f"scope {c.kv_scope!r} / positions {c.kv_positions!r}: choose from "
+                                   f"{', '.join(SCOPES)} / {', '.join(POSITIONS)}")
+        self.policy = make_policy(c.kv_policy, c.kv_query)
 
     @property
     def needs(self) -> tuple[str, ...]:
         """What scoring needs from the model (keys of registry.NEEDS), e.g. "attention" (a scoring pass)."""
-        return POLICIES[self.policy_name].requirements(self.query)
+        return POLICIES[self.settings.kv_policy].requirements(self.settings.kv_query)
 
     def check(self, model) -> None:
         """Fail before the run if this model cannot give what the policy needs."""
-        if self.positions == "rerotate":
+        if self.settings.kv_positions == "rerotate":
             problem = architecture.rerotate_problem(model)
             if problem:
                 raise CompressionError(f"--kv_positions rerotate cannot work with {type(model).__name__}: {problem}; "
@@ -252,29 +269,30 @@ class Compressor:
     def applies(self, agent_index: int, n_agents: int) -> bool:
         if agent_index == 0:
             return False
-        return self.at == "every" or agent_index == n_agents - 1
+        return self.settings.compress_at == "every" or agent_index == n_agents - 1
 
     def budgets(self, state: KVState) -> torch.Tensor:
         valid = state.mask.sum(dim=1)
-        budget = (valid.double() * self.keep).floor().long().clamp_min(self.min_keep)
+        budget = (valid.double() * self.settings.kv_keep).floor().long().clamp_min(self.settings.kv_min_keep)
         return torch.minimum(budget, valid)
 
     def protected(self, state: KVState) -> torch.Tensor:
-        """(L', B, H', T) entries that are always kept: the `min_keep` most recent, and latents if asked."""
+        """(L', B, H', T) entries that are always kept: the kv_min_keep most recent, and latents if asked."""
         valid = state.mask == 1
         from_end = valid.flip(1).cumsum(dim=1).flip(1)  # 1 for a row's newest real entry
-        prot = (valid & (from_end <= self.min_keep))[None, :, None, :]
-        if self.protect == "latents":
+        prot = (valid & (from_end <= self.settings.kv_min_keep))[None, :, None, :]
+        if self.settings.kv_protect == "latents":
             prot = prot | ((state.kinds == LATENT) & valid[None, :, None, :])
         return prot
 
     @torch.no_grad()
     def scores(self, wrapper, state: KVState, next_prompt, generators: list[torch.Generator]) -> torch.Tensor:
         """The policy's scores reduced to the selection scope, (L', B, H', T); padding -inf."""
-        s = self.policy.score(HandOff(wrapper, state, next_prompt, self.scope, generators)).float()
-        if self.scope == "shared":
+        scope = self.settings.kv_scope
+        s = self.policy.score(HandOff(wrapper, state, next_prompt, scope, generators)).float()
+        if scope == "shared":
             s = s.mean(dim=(0, 2), keepdim=True)
-        elif self.scope == "layer":
+        elif scope == "layer":
             s = s.mean(dim=2, keepdim=True)
         return s.masked_fill(state.mask[None, :, None, :] == 0, -math.inf)
 
@@ -296,12 +314,10 @@ class Compressor:
         # sort kept entries back into cache order; unused slots of short rows go first, as left padding
         order = torch.where(real, top, torch.full_like(top, -1)).sort(dim=-1).values
         keep = slot[None, :] >= (k - budget)[:, None]
-        select(wrapper.model, state, order.clamp_min(0), keep.long(), self.positions)
+        select(wrapper.model, state, order.clamp_min(0), keep.long(), self.settings.kv_positions)
         return order.clamp_min(0), keep  # for observers: the kept columns of the cache before, and the real slots
 
 
-def compressor_from_args(args) -> Compressor | None:
-    if not args.kv_policy or args.kv_policy == "none":
-        return None
-    return Compressor(args.kv_policy, keep=args.kv_keep, scope=args.kv_scope, min_keep=args.kv_min_keep,
-                      protect=args.kv_protect, positions=args.kv_positions, at=args.compress_at, query=args.kv_query)
+def compressor_from_args(settings: CompressionConfig) -> Compressor | None:
+    """The run's compressor, or None without a policy."""
+    return None if settings.kv_policy == "none" else Compressor(settings)

@@ -13,8 +13,8 @@ observer's label come from here.
 
 An experiment file is a YAML or JSON mapping whose keys are flag names, flat or grouped under the section names.
 
-Adding a setting = one field below (default, help, choices). A method sees it when MethodConfig has a field of the
-same name; a check belongs in `check` if it does nothing for some methods.
+Adding a setting = one field below (default, help, choices). A method reads it as `cfg.<name>` (methods.MethodConfig
+holds this configuration); a check belongs in `check` if it does nothing for some methods.
 """
 from __future__ import annotations
 
@@ -35,21 +35,20 @@ from registry import (
     EMBEDDED_MODELS,
     METHODS,
     POLICIES,
+    POSITIONS,
     QUERIES,
+    SCOPES,
     TASKS,
     TOPOLOGIES,
     TRACKERS,
     query_problem,
+    resolve_source,
 )
 from strictfiles import clip, shown
 
-# choices the CLI offers before torch loads (compression.SCOPES and kv_state.POSITION_MODES hold the same names)
-SCOPES = ("shared", "layer", "head")
 HANDOFFS = ("all", "latent_only", "sequential_info_only")
 THINK_DEFAULT = "<think>"  # what the public LatentMAS code appends for --think
 THINK_BEFORE = "<think>\n"  # what --think (a switch then) appended before it took a string
-POSITIONS = ("original", "rerotate", "shift")
-
 
 class ConfigError(RunError):
     """A setting, a combination of settings or an experiment file that cannot work; the message names the fix."""
@@ -354,7 +353,7 @@ class RunConfig:
         if self.method == "latent_mas":
             parts.append(f"m{self.latent.latent_steps}")
         c = self.compression
-        parts.append(f"{c.kv_policy}-k{c.kv_keep:g}-{c.kv_scope}-{c.kv_positions}" if c.kv_policy != "none"
+        parts.append(f"{c.kv_policy}-{keep_text(c.kv_keep)}-{c.kv_scope}-{c.kv_positions}" if c.kv_policy != "none"
                      else "nocomp")
         if self.data.num_shards > 1:
             parts.append(f"shard{self.data.shard_id}of{self.data.num_shards}")
@@ -380,6 +379,11 @@ class RunConfig:
         """How heatmaps name the compression: 'snapkv keep 0.5, head', or '' without a policy."""
         c = self.compression
         return f"{c.kv_policy} keep {c.kv_keep:g}, {c.kv_scope}" if c.kv_policy != "none" else ""
+
+
+def keep_text(kv_keep: float) -> str:
+    """How run names, sweep cells and report labels show a keep ratio: k0.5."""
+    return f"k{kv_keep:g}"
 
 
 def series_defaults() -> dict:
@@ -598,7 +602,8 @@ def new_run(given: dict) -> RunConfig:
 # --- combinations: what is implied, refused, or warned about ---------------------------------------------------------
 
 def normalize(cfg: RunConfig) -> None:
-    """What one setting implies for another: --knn_filter picks the policy, --data_path the file source."""
+    """What one setting implies for another: --knn_filter picks the policy, --data_path the file source (a data
+    source that cannot work with the data path is refused here, by registry.resolve_source's rules)."""
     c = cfg.compression
     if c.knn_filter:
         seed_policy = "random" if c.knn_strategy == "random" else f"knn-{c.knn_strategy}"
@@ -606,8 +611,9 @@ def normalize(cfg: RunConfig) -> None:
             raise ConfigError(f"--knn_filter --knn_strategy {c.knn_strategy} means --kv_policy {seed_policy}, "
                               f"not {c.kv_policy}; give one of them")
         c.kv_policy = seed_policy
-    if cfg.data.data_path and cfg.data.data_source == "auto":
-        cfg.data.data_source = "file"
+    cfg.data.data_source, problem = resolve_source(cfg.data.data_source, cfg.data.data_path)
+    if problem:
+        raise ConfigError(problem)
     if cfg.team.agents and ("{" in cfg.team.agents):
         cfg.team.agents = agents_path(cfg.team.agents, cfg.team.prompt if cfg.method != "baseline" else "baseline",
                                       cfg.data.task)
@@ -660,8 +666,6 @@ def check(cfg: RunConfig, given: dict) -> list[str]:
                           f"(or --knn_filter), or drop {'it' if one else 'them'}")
     if given_("knn_strategy") and not c.knn_filter:
         raise ConfigError("--knn_strategy goes with --knn_filter (the seed's switch): give both, or --kv_policy")
-    if cfg.data.data_source == "file" and not cfg.data.data_path:
-        raise ConfigError("--data_source file needs --data_path FILE")
     if cfg.output.log_with:
         from trackers import missing, parse_names
 

@@ -21,9 +21,9 @@ import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 import architecture
+from registry import POSITIONS
 
 PAD, PROMPT, LATENT, TEXT = 0, 1, 2, 3
-POSITION_MODES = ("original", "rerotate", "shift")
 
 
 class KVLayer(CacheLayerMixin):
@@ -337,8 +337,8 @@ def select(model, state: KVState, index: torch.Tensor, keep: torch.Tensor, posit
     "rerotate" turns kept keys to contiguous positions and continues after them; "shift" (the seed's behaviour)
     continues after the kept count but leaves the keys' phases stale.
     """
-    if positions not in POSITION_MODES:
-        raise ValueError(f"positions must be one of {POSITION_MODES}")
+    if positions not in POSITIONS:
+        raise ValueError(f"positions must be one of {POSITIONS}")
     layers = state._layers()
     lp, bsz, hp, k = index.shape
     n_heads = layers[0].keys.shape[1]

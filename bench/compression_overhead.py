@@ -22,7 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import clock, machine, median, parser, prompt_of, setup, synthetic_state, table, write_json  # noqa: E402
 
-from compression import POLICIES, SCOPES, Compressor  # noqa: E402
+from compression import POLICIES, Compressor  # noqa: E402
+from config import CompressionConfig  # noqa: E402
+from registry import SCOPES  # noqa: E402
 
 ATTENTION_KNN = "knn-top/attention"  # the knn policy with --kv_query attention (a scoring pass over the prompt)
 
@@ -32,8 +34,9 @@ def measure(wrapper, args, enc, length: int, warm_up: bool) -> tuple[list[float]
     dev = wrapper.device
     block = max(args.prompt_tokens + args.latent_steps, 1)
     base = synthetic_state(wrapper.model, length, 1, block=block, latents=args.latent_steps)
-    comps = {(pol, scope): Compressor(pol.split("/")[0], keep=args.keep, scope=scope, min_keep=5,
-                                      query="attention" if pol == ATTENTION_KNN else "embed-mean")
+    comps = {(pol, scope): Compressor(CompressionConfig(
+                kv_policy=pol.split("/")[0], kv_keep=args.keep, kv_scope=scope, kv_min_keep=5,
+                kv_query="attention" if pol == ATTENTION_KNN else "embed-mean"))
              for pol in args.policies for scope in args.scopes}
     times: dict[tuple, list[float]] = {key: [] for key in comps}
     agent: list[float] = []

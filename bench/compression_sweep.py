@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import items_and_config, machine, parser, run_flags, setup, table  # noqa: E402
 
 from compression import POLICIES, Compressor  # noqa: E402
+from config import CompressionConfig  # noqa: E402
 from methods import latent_mas  # noqa: E402
 from utils import set_seed, wilson_ci  # noqa: E402
 
@@ -74,8 +75,8 @@ def main() -> None:
         with torch.inference_mode():
             ref = latent_mas.reference(wrapper, batch, config())
             for label, policy, keep, positions in runs:
-                comp = None if policy == "none" else Compressor(policy, keep=keep, scope=args.scope,
-                                                                positions=positions)
+                comp = None if policy == "none" else Compressor(CompressionConfig(
+                    kv_policy=policy, kv_keep=keep, kv_scope=args.scope, kv_positions=positions))
                 t_set = time.time()
                 for r in latent_mas.run_batch(wrapper, batch, config(compressor=comp), ref=ref):
                     judger = r["agents"][-1]

@@ -40,6 +40,7 @@ from common import clock, machine, median, synthetic_state, table, write_json  #
 import architecture  # noqa: E402
 import kv_state  # noqa: E402
 from compression import Compressor  # noqa: E402
+from config import CompressionConfig  # noqa: E402
 from data import Item  # noqa: E402
 from kv_state import TEXT, KVState, attention_masks, extend, rollback  # noqa: E402
 from methods import MethodConfig, get_method  # noqa: E402
@@ -109,7 +110,7 @@ def _tokens(records: list[dict]) -> list:
 # --- invariants -------------------------------------------------------------------------------------------------
 
 def check_batched_equals_single(wrapper, details: dict) -> bool:
-    comp = Compressor("knn-top", keep=0.6, scope="shared", min_keep=2)
+    comp = Compressor(CompressionConfig(kv_policy="knn-top", kv_keep=0.6, kv_scope="shared", kv_min_keep=2))
     cfg = method_config(compressor=comp, fidelity=True)  # the judger's KL to the uncompressed team: logits, not ids
     run, its = get_method("latent_mas"), items(3)
     batched = run(wrapper, its, cfg)
@@ -144,11 +145,12 @@ def check_keep_all(wrapper, details: dict) -> bool:
     wrapper.prefill_and_think(plain, enc, 3)
     kept = plain.clone()
     gens = [torch.Generator().manual_seed(i) for i in range(len(its))]
-    Compressor("knn-top", keep=1.0, min_keep=0)(wrapper, kept, enc, gens)
+    Compressor(CompressionConfig(kv_policy="knn-top", kv_keep=1.0, kv_min_keep=0))(wrapper, kept, enc, gens)
     same_state = all(torch.equal(k1, k2) and torch.equal(v1, v2)
                      for (k1, v1), (k2, v2) in zip(plain.layer_tensors(), kept.layer_tensors()))
     base = get_method("latent_mas")(wrapper, its, method_config())
-    full = get_method("latent_mas")(wrapper, its, method_config(compressor=Compressor("knn-bottom", keep=1.0)))
+    keep_all = Compressor(CompressionConfig(kv_policy="knn-bottom", kv_keep=1.0))
+    full = get_method("latent_mas")(wrapper, its, method_config(compressor=keep_all))
     same_runs = _tokens(base) == _tokens(full) and all(
         [a["kv_bytes_in"] for a in x["agents"]] == [a["kv_bytes_in"] for a in y["agents"]] for x, y in zip(base, full))
     details["keep_all"] = {"same_state": same_state, "same_runs": same_runs}
@@ -157,7 +159,7 @@ def check_keep_all(wrapper, details: dict) -> bool:
 
 def check_fidelity(wrapper, details: dict) -> bool:
     recs = get_method("latent_mas")(wrapper, items(3), method_config(
-        compressor=Compressor("knn-top", keep=1.0), fidelity=True))
+        compressor=Compressor(CompressionConfig(kv_policy="knn-top", kv_keep=1.0)), fidelity=True))
     details["fidelity"] = [r["fidelity"]["agreement"] for r in recs]
     return all(r["fidelity"]["agreement"] == 1.0 and r["fidelity"]["output_match"] for r in recs)
 
@@ -316,7 +318,7 @@ def time_memory(wrapper, sizes: dict) -> dict:
     its = items(min(sizes["items"], 8))
     runs = {}
     for keep in (1.0, 0.5):
-        comp = None if keep >= 1 else Compressor("knn-bottom", keep=keep)
+        comp = None if keep >= 1 else Compressor(CompressionConfig(kv_policy="knn-bottom", kv_keep=keep))
         cfg = method_config(compressor=comp, max_new_tokens=sizes["max_new_tokens"],
                             latent_steps=sizes["latent_steps"])
         runs[keep] = measure(wrapper, its, cfg, sizes["max_new_tokens"])

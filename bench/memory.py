@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import items_and_config, machine, median, parser, run_flags, setup, table, write_json  # noqa: E402
 
 from compression import POLICIES, Compressor  # noqa: E402
+from config import CompressionConfig  # noqa: E402
 from methods.latent_mas import _encode_team, _think  # noqa: E402
 
 
@@ -98,7 +99,8 @@ def against_prediction(full: dict, m: dict, peak: float | None = None) -> dict:
 def child(args) -> dict:
     wrapper, model, tok, dev = setup(args)
     items, _, config = items_and_config(args)
-    comp = None if args.keep >= 1 else Compressor(args.policy, keep=args.keep, scope=args.scope)
+    comp = None if args.keep >= 1 else Compressor(CompressionConfig(kv_policy=args.policy, kv_keep=args.keep,
+                                                                     kv_scope=args.scope))
     return {"keep": args.keep, **measure(wrapper, items, config(compressor=comp), args.max_new_tokens)}
 
 

@@ -9,9 +9,9 @@ from data import hub
 from data.adapters import ADAPTERS
 from data.builders import build_items
 from data.items import DataError, Item, one_line, render_options
-from data.sources import DATA_SOURCES, Rows, from_file, from_hub, from_package
+from data.sources import Rows, from_file, from_hub, from_package
 from grading import LETTERS
-from registry import TASKS, TaskSpec
+from registry import TASKS, TaskSpec, resolve_source
 
 
 def _note(spec: TaskSpec, source: str, seed: int, counts: list[int], permuted: bool) -> str:
@@ -79,16 +79,11 @@ def load_task(task: str, *, split: str | None = None, data_source: str = "auto",
     """
     if task not in TASKS:
         raise DataError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
-    if data_source not in DATA_SOURCES:
-        raise DataError(f"unknown data source {data_source!r}; choose one of {', '.join(DATA_SOURCES)}")
+    data_source, problem = resolve_source(data_source, data_path)
+    if problem:
+        raise DataError(problem)
     assert max_samples == -1 or max_samples > 0, "max_samples is -1 (all) or a positive count"
     spec = TASKS[task]
-    if data_path and data_source == "auto":
-        data_source = "file"
-    if data_source == "file" and not data_path:
-        raise DataError("--data_source file needs --data_path FILE")
-    if data_path and data_source != "file":
-        raise DataError(f"--data_path is only read with --data_source file (got {data_source}); drop one of them")
 
     source = data_source
     if data_source == "file":

@@ -1,48 +1,32 @@
 """Methods: each turns a batch of items into one record per item (see DESIGN.md "Output a user reads")."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
-
+from config import FLAGS, RunConfig
 from grading import extract_answer, grade_code, is_correct
 from prompts import answer_instruction
 
 
-@dataclass
 class MethodConfig:
-    """What a method reads: the run's settings of the same name (from_run fills them from config.RunConfig; a field
-    named differently says which setting in its metadata) and the run's objects (compressor, observer, team)."""
+    """What a method reads: the run's typed settings (`run`, a config.RunConfig; `cfg.temperature` is
+    run.decoding.temperature: every setting by its flag name, nothing copied or renamed), the task's answer type, and
+    the run's objects: compressor (compression.Compressor, latent_mas), observer (observe.Observer, latent_mas),
+    team (teams.Team; None: the shipped team of --prompt), models (models.TeamModels when the team names models)."""
 
-    answer_type: str
-    max_new_tokens: int
-    temperature: float
-    top_p: float
-    seed: int
-    prompt: str = "sequential"
-    latent_steps: int = 10
-    think: str | None = None  # latent_mas: text appended to every agent's rendered prompt
-    handoff: str = "all"  # latent_mas chain: all | latent_only | sequential_info_only (config.HANDOFFS)
-    zero_steps_judger: str = "cache"  # latent_mas with latent_steps 0: "cache" or "empty" (the reference code)
-    kv_positions: str = "original"  # positions after a hand-off cut (kv_state.POSITION_MODES)
-    trace: bool = False  # records hold messages, rendered text, token ids, kept entries (see trace_fields)
-    text_mas_context_length: int = -1
-    eval_workers: int | None = None  # code tasks: sandbox processes at once (None: min(4, CPUs))
-    code_timeout_s: float | None = None  # code tasks: wall-clock limit per sample (None: code_eval's default)
-    code_memory_mb: int | None = None  # code tasks: address-space limit per sample (None: code_eval's default)
-    compressor: object = None  # compression.Compressor: prunes the shared cache at hand-offs (latent_mas)
-    fidelity: bool = False  # latent_mas: also run the uncompressed team and score the judger against it
-    stacked_prompts: bool = field(default=False, metadata={"setting": "include_old_prompts"})  # seed: stacked
-    observer: object = None  # observe.Observer (latent_mas): look() before each hand-off, record() after each agent
-    team: object = None  # teams.Team; None: the shipped team of `prompt`
-    model_name: str | None = None  # the run's --model_name: what records name as an agent's model by default
-    models: object = None  # models.TeamModels (a team of several models); None: every agent on the run's wrapper
+    def __init__(self, answer_type: str, run: RunConfig | None = None, *, compressor=None, observer=None, team=None,
+                 models=None, **settings):
+        """`settings`: flag names set on top of `run` (default: the defaults), e.g. MethodConfig("number",
+        max_new_tokens=8, temperature=0)."""
+        self.answer_type, self.run = answer_type, (run or RunConfig()).updated(settings)
+        self.compressor, self.observer, self.team, self.models = compressor, observer, team, models
+
+    def __getattr__(self, name: str):
+        if name in FLAGS:  # only reached for names that are not attributes: the settings
+            return self.run.get(name)
+        raise AttributeError(name)
 
     @classmethod
-    def from_run(cls, run, answer_type: str, **objects) -> MethodConfig:
-        """The settings of `run` (a config.RunConfig) that a method reads, by field name, plus `objects`."""
-        flat = run.flat()
-        settings = {f.name: flat[f.metadata.get("setting", f.name)] for f in fields(cls)
-                    if f.metadata.get("setting", f.name) in flat}
-        return cls(answer_type=answer_type, **settings, **objects)
+    def from_run(cls, run: RunConfig, answer_type: str, **objects) -> MethodConfig:
+        return cls(answer_type, run, **objects)
 
     def get_team(self):
         from teams import default_team

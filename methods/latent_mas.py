@@ -21,7 +21,7 @@ from utils import item_generator, now
 
 def _user_prompts(items, cfg: MethodConfig, team) -> list[list[str]]:
     """Per item, every agent's user prompt."""
-    return [team_prompts("latent", team, it.question, answer_for(it, cfg), cfg.stacked_prompts) for it in items]
+    return [team_prompts("latent", team, it.question, answer_for(it, cfg), cfg.include_old_prompts) for it in items]
 
 
 def _encode_team(wrapper, items, cfg: MethodConfig, team) -> list:
@@ -77,7 +77,8 @@ def _hand_over(items, cfg: MethodConfig, team, j: int, product: tuple, receiver,
     dec, latents = product
     before = state.valid_tokens()
     agent, suffix = team.agents[j], cfg.think or ""
-    prompts = [team_prompts("latent", team, it.question, answer_for(it, cfg), cfg.stacked_prompts)[j] for it in items]
+    prompts = [team_prompts("latent", team, it.question, answer_for(it, cfg), cfg.include_old_prompts)[j]
+               for it in items]
     enc = receiver.encode([receiver.render(p, system=agent.system, suffix=suffix) for p in prompts])
     text = receiver.encode(dec.texts) if dec is not None else None
     more = text.ids.shape[1] if text is not None else len(latents)

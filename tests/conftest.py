@@ -94,3 +94,11 @@ def settings(argv: list[str]):
     import runner
 
     return runner.prepare(config.parse_command_line(argv)).cfg
+
+
+def compressor(policy: str, **settings):
+    """compression.Compressor for --kv_policy `policy` and these compression settings (flag names)."""
+    from compression import Compressor
+    from config import CompressionConfig
+
+    return Compressor(CompressionConfig(kv_policy=policy, **settings))

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import torch
 
 from models import ModelWrapper
-from tests.conftest import ROOT
+from tests.conftest import ROOT, compressor
 
 
 def _bench(name: str):
@@ -49,7 +49,6 @@ def test_latent_step_and_compression_overhead_measure(tiny):
 
 
 def test_memory_counts_storage_so_views_show_and_pruning_frees(tiny):
-    from compression import Compressor
     from kv_state import extend, rollback
     from utils import item_generator
 
@@ -63,7 +62,7 @@ def test_memory_counts_storage_so_views_show_and_pruning_frees(tiny):
         with rollback(state):  # the rolled-back columns stay in the storage the truncated views point into
             extend(model, state, input_ids=enc.ids, new_mask=enc.mask)
         assert memory.storage_bytes(state) > state.nbytes()
-        Compressor("random", keep=0.5, min_keep=0)(w, state, enc, [item_generator(0, i, "kv") for i in range(2)])
+        compressor("random", kv_keep=0.5, kv_min_keep=0)(w, state, enc, [item_generator(0, i, "kv") for i in range(2)])
     # pruning copies the kept entries into fresh tensors: the dropped ones no longer hold memory
     assert state.valid_tokens() == [20, 20]
     assert memory.storage_bytes(state) == state.nbytes() == state.length * 2 * sum(

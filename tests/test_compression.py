@@ -10,12 +10,12 @@ import torch
 import compression
 import registry
 import run
-from compression import Compressor
 from data import Item
-from kv_state import LATENT, POSITION_MODES, KVState, extend
+from kv_state import LATENT, KVState, extend
 from methods import MethodConfig, get_method
 from models import ModelWrapper
-from tests.conftest import ROOT
+from registry import POSITIONS, SCOPES
+from tests.conftest import ROOT, compressor
 
 POLICY_NAMES = list(compression.POLICIES)
 QUESTIONS = ["How many apples are left if each day the team sells 3 of 17?", "What is the total?",
@@ -44,38 +44,39 @@ def _gens(n):
 
 
 def test_one_registry_row_per_policy_class():
-    """registry.POLICIES is the one list: each row names a scoring class here, known queries and needs; each class
-    here with a `score` is some row's; docs/compression.md holds the generated table."""
+    """registry.POLICIES is the one list: each row has a scoring class here (registered with @policy), known queries
+    and needs; each class here with a `score` is some row's; docs/compression.md holds the generated table."""
     import dataclasses
     import inspect
 
     classes = {name for name, obj in vars(compression).items()
                if inspect.isclass(obj) and obj.__module__ == "compression" and hasattr(obj, "score")}
-    assert {p.cls for p in registry.POLICIES.values()} == classes
+    assert set(compression.CLASSES) == set(registry.POLICIES)
+    assert {cls.__name__ for cls in compression.CLASSES.values()} == classes
     for name, p in registry.POLICIES.items():
-        assert p.name == name and dataclasses.is_dataclass(getattr(compression, p.cls))
+        assert p.name == name and dataclasses.is_dataclass(compression.CLASSES[name])
         assert set(p.queries) <= set(registry.QUERIES) and set(p.needs) <= set(registry.NEEDS)
         for query in p.queries or (registry.DEFAULT_QUERY,):
-            comp = Compressor(name, query=query)
+            comp = compressor(name, kv_query=query)
             assert set(comp.needs) <= set(registry.NEEDS) and registry.query_problem(name, query) is None
     assert compression.POLICIES is registry.POLICIES
     assert registry.policies_markdown() in (ROOT / "docs" / "compression.md").read_text()
 
 
 def test_needs_follow_the_query():
-    assert Compressor("snapkv").needs == ("attention",)
-    assert Compressor("knn-top", query="attention").needs == ("attention",) and Compressor("knn-top").needs == ()
+    assert compressor("snapkv").needs == ("attention",)
+    assert compressor("knn-top", kv_query="attention").needs == ("attention",) and compressor("knn-top").needs == ()
     assert registry.query_problem("knorm", "attention") == "--kv_query attention applies to --kv_policy " + " / ".join(
         n for n, p in registry.POLICIES.items() if "attention" in p.queries)
 
 
 @pytest.mark.parametrize("policy", POLICY_NAMES)
-@pytest.mark.parametrize("scope", compression.SCOPES)
+@pytest.mark.parametrize("scope", SCOPES)
 def test_policy_keeps_budget_recent_window_and_order(tiny, policy, scope):
     w = _wrapper(tiny)
     state = _state(w, QUESTIONS)
     valid = state.mask.sum(1)
-    comp = Compressor(policy, keep=0.5, scope=scope, min_keep=4)
+    comp = compressor(policy, kv_keep=0.5, kv_scope=scope, kv_min_keep=4)
     newest = [state.pos[0, b, 0][state.mask[b] == 1][-4:].tolist() for b in range(3)]
     comp(w, state, _next_prompt(w, QUESTIONS), _gens(3))
     expected = torch.clamp((valid.double() * 0.5).floor().long(), min=4)
@@ -95,7 +96,7 @@ def test_policy_keeps_budget_recent_window_and_order(tiny, policy, scope):
 def _prune_vs_mask(w, policy, questions=QUESTIONS[:1]):
     state = _state(w, questions)
     ref = state.clone()
-    comp = Compressor(policy, keep=0.6, scope="shared", min_keep=3)
+    comp = compressor(policy, kv_keep=0.6, kv_scope="shared", kv_min_keep=3)
     nxt = _next_prompt(w, questions)
     comp(w, state, nxt, _gens(1))
     kept = set(state.pos[0, 0, 0][state.mask[0] == 1].tolist())
@@ -124,7 +125,7 @@ def test_shift_positions_differ_from_the_correct_ones(tiny):
     outs = {}
     for mode in ("original", "shift"):
         state = _state(w, QUESTIONS[:1])
-        Compressor("knn-bottom", keep=0.5, positions=mode)(w, state, _next_prompt(w, QUESTIONS[:1]), _gens(1))
+        compressor("knn-bottom", kv_keep=0.5, kv_positions=mode)(w, state, _next_prompt(w, QUESTIONS[:1]), _gens(1))
         nxt = _next_prompt(w, QUESTIONS[:1])
         outs[mode] = (extend(w.model, state, input_ids=nxt.ids, new_mask=nxt.mask, want="logits"),
                       state.next_pos.item())
@@ -139,7 +140,7 @@ def test_rerotate_matches_contiguous_positions(tiny):
     enc = w.encode([w.render(QUESTIONS[2])])
     state = KVState.empty(1, w.device)
     extend(w.model, state, input_ids=enc.ids, new_mask=enc.mask)
-    Compressor("keydiff", keep=0.5, positions="rerotate", min_keep=2)(w, state, _next_prompt(w, QUESTIONS[:1]),
+    compressor("keydiff", kv_keep=0.5, kv_positions="rerotate", kv_min_keep=2)(w, state, _next_prompt(w, QUESTIONS[:1]),
                                                                       _gens(1))
     kept_cols = sorted(set(range(enc.ids.shape[1])) - set())  # positions before pruning == columns
     assert state.pos[0, 0, 0].tolist() == list(range(state.length))
@@ -159,13 +160,13 @@ def test_keep_everything_is_bit_identical(tiny):
     w = _wrapper(tiny)
     plain = _state(w, QUESTIONS)
     kept = plain.clone()
-    Compressor("knn-top", keep=1.0, min_keep=0)(w, kept, _next_prompt(w, QUESTIONS), _gens(3))
+    compressor("knn-top", kv_keep=1.0, kv_min_keep=0)(w, kept, _next_prompt(w, QUESTIONS), _gens(3))
     for (k1, v1), (k2, v2) in zip(plain.layer_tensors(), kept.layer_tensors()):
         assert torch.equal(k1, k2) and torch.equal(v1, v2)
     cfg = dict(answer_type="number", max_new_tokens=8, temperature=0.0, top_p=1.0, seed=0, latent_steps=2)
     items = [Item(i, q, "1", {}) for i, q in enumerate(QUESTIONS)]
     base = get_method("latent_mas")(w, items, MethodConfig(**cfg))
-    full = get_method("latent_mas")(w, items, MethodConfig(**cfg, compressor=Compressor("knn-bottom", keep=1.0)))
+    full = get_method("latent_mas")(w, items, MethodConfig(**cfg, compressor=compressor("knn-bottom", kv_keep=1.0)))
     for a, b in zip(base, full):
         assert a["output"] == b["output"] and b["kv_kept_share"] == 1.0
         assert [x["kv_bytes_in"] for x in a["agents"]] == [x["kv_bytes_in"] for x in b["agents"]]
@@ -179,7 +180,7 @@ def _strip(records):
 
 def _matrix():
     """Every registered policy with every query it reads, cycling through the scopes and the position modes."""
-    return [(name, query, compression.SCOPES[i % 3], POSITION_MODES[i % 3])
+    return [(name, query, SCOPES[i % 3], POSITIONS[i % 3])
             for i, (name, query) in enumerate(registry.policy_variants())]
 
 
@@ -203,7 +204,7 @@ def tiny_varied_keys(tiny):
 @pytest.mark.parametrize("policy, query, scope, positions", _matrix())
 def test_batched_equals_unbatched_with_compression(tiny_varied_keys, policy, query, scope, positions):
     w = _wrapper(tiny_varied_keys)
-    comp = Compressor(policy, keep=0.6, scope=scope, positions=positions, min_keep=2, query=query)
+    comp = compressor(policy, kv_keep=0.6, kv_scope=scope, kv_positions=positions, kv_min_keep=2, kv_query=query)
     cfg = MethodConfig(answer_type="number", max_new_tokens=8, temperature=0.0, top_p=1.0, seed=0, latent_steps=3,
                        compressor=comp)
     items = [Item(i, q, "1", {}) for i, q in enumerate(QUESTIONS)]
@@ -213,7 +214,7 @@ def test_batched_equals_unbatched_with_compression(tiny_varied_keys, policy, que
 
 def test_records_measure_compounding_and_protection(tiny):
     w = _wrapper(tiny)
-    comp = Compressor("knn-bottom", keep=0.5, min_keep=2, protect="latents")
+    comp = compressor("knn-bottom", kv_keep=0.5, kv_min_keep=2, kv_protect="latents")
     cfg = MethodConfig(answer_type="number", max_new_tokens=6, temperature=0.0, top_p=1.0, seed=0, latent_steps=4,
                        compressor=comp)
     rec = get_method("latent_mas")(w, [Item(0, QUESTIONS[0], "1", {})], cfg)[0]
@@ -231,7 +232,7 @@ def test_protect_latents_keeps_every_latent(tiny):
     w = _wrapper(tiny)
     state = _state(w, QUESTIONS[:1], steps=5)
     assert state.kind_counts(LATENT) == [10]
-    Compressor("knn-top", keep=0.3, min_keep=0, protect="latents")(w, state, _next_prompt(w, QUESTIONS[:1]),
+    compressor("knn-top", kv_keep=0.3, kv_min_keep=0, kv_protect="latents")(w, state, _next_prompt(w, QUESTIONS[:1]),
                                                                    _gens(1))
     assert state.kind_counts(LATENT) == [10]
 
@@ -241,11 +242,11 @@ def test_fidelity_is_perfect_without_loss_and_measures_loss(tiny):
     items = [Item(0, QUESTIONS[0], "1", {}), Item(1, QUESTIONS[1], "1", {})]
     base = dict(answer_type="number", max_new_tokens=8, temperature=0.0, top_p=1.0, seed=0, latent_steps=2,
                 fidelity=True)
-    same = get_method("latent_mas")(w, items, MethodConfig(**base, compressor=Compressor("knn-top", keep=1.0)))
+    same = get_method("latent_mas")(w, items, MethodConfig(**base, compressor=compressor("knn-top", kv_keep=1.0)))
     for r in same:
         assert r["fidelity"]["agreement"] == 1.0 and r["fidelity"]["kl"] < 1e-6 and r["fidelity"]["output_match"]
-    lossy = get_method("latent_mas")(w, items, MethodConfig(**base, compressor=Compressor("knn-top", keep=0.2,
-                                                                                          min_keep=1)))
+    lossy = get_method("latent_mas")(w, items, MethodConfig(**base, compressor=compressor("knn-top", kv_keep=0.2,
+                                                                                          kv_min_keep=1)))
     assert all(r["fidelity"]["kl"] > 1e-6 for r in lossy)
     assert all(r["fidelity"]["ref_output"] == s["output"] for r, s in zip(lossy, same))
 
@@ -272,7 +273,7 @@ def test_seed_knn_picks_the_indices_of_a_direct_recomputation():
         expected = idx.tolist() + list(range(t - r, t))
         s = KVState.from_tensors([(a.clone(), b.clone()) for a, b in layers], state.mask.clone(),
                     state.next_pos.clone(), state.pos.clone(), state.kinds.clone())
-        comp = Compressor(f"knn-{strategy}", keep=p, min_keep=min_keep)
+        comp = compressor(f"knn-{strategy}", kv_keep=p, kv_min_keep=min_keep)
         hand = compression.HandOff(fake, s, None, "shared", _gens(1))
         scores = comp.policy.score(hand)
         # the same selection as Compressor would make, without a model for the gather

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -77,8 +76,15 @@ def test_summary_settings_names_and_labels_come_from_the_config():
 def test_choices_the_cli_offers_before_torch_loads_are_the_libraries_own():
     import compression
     import kv_state
+    import registry
 
-    assert config.SCOPES == compression.SCOPES and config.POSITIONS == kv_state.POSITION_MODES
+    assert FLAGS["kv_scope"].meta["choices"] == registry.SCOPES and kv_state.POSITIONS is registry.POSITIONS
+    assert FLAGS["kv_positions"].meta["choices"] == registry.POSITIONS
+    for scope in registry.SCOPES:
+        for positions in registry.POSITIONS:
+            compression.Compressor(config.CompressionConfig(kv_policy="knorm", kv_scope=scope, kv_positions=positions))
+    with pytest.raises(compression.CompressionError, match="scope 'row'"):
+        compression.Compressor(config.CompressionConfig(kv_policy="knorm", kv_scope="row"))
 
 
 def test_method_config_takes_the_run_settings_by_name():
@@ -88,11 +94,13 @@ def test_method_config_takes_the_run_settings_by_name():
                                "prompt": "hierarchical"})
     m = MethodConfig.from_run(cfg, "number", compressor="C", team="T", observer=None)
     assert (m.answer_type, m.max_new_tokens, m.temperature, m.top_p, m.seed) == ("number", 7, 0.0, 0.5, 3)
-    assert (m.latent_steps, m.think, m.stacked_prompts, m.fidelity) == (2, "<think>", True, True)
+    assert (m.latent_steps, m.think, m.include_old_prompts, m.fidelity) == (2, "<think>", True, True)
     assert m.prompt == "hierarchical"
     assert (m.eval_workers, m.code_timeout_s, m.code_memory_mb, m.compressor, m.team) == (2, 4.0, 256, "C", "T")
-    settings = {f.metadata.get("setting", f.name) for f in fields(MethodConfig)}
-    assert settings - {"answer_type", "compressor", "observer", "team", "models"} <= set(FLAGS)
+    # nothing copied: the settings are the run's typed configuration, read by flag name
+    assert set(vars(m)) == {"answer_type", "run", "compressor", "observer", "team", "models"} and m.run == cfg
+    with pytest.raises(AttributeError):
+        m.stacked_prompts  # noqa: B018 (one name per setting: the flag's)
 
 
 # --- experiment files ------------------------------------------------------------------------------------------------
@@ -185,8 +193,11 @@ def test_settings_that_are_merely_ignored_warn_once(argv, words, tmp_path, capsy
 def test_defaults_and_false_switches_are_never_flagged(tmp_path, capsys):
     f = tmp_path / "exp.yaml"
     f.write_text("method: baseline\nthink: false\nfidelity: false\n")
-    settings(["--config", str(f)])
-    settings(["--method", "latent_mas", "--kv_policy", "knorm", "--kv_keep", "0.5", "--kv_scope", "layer"])
+    import runner
+
+    for argv in (["--config", str(f)], ["--method", "latent_mas", "--kv_policy", "knorm", "--kv_keep", "0.5",
+                                        "--kv_scope", "layer"]):
+        assert runner.prepare(config.parse_command_line(argv)).warnings == []
     assert capsys.readouterr().err == ""
 
 
@@ -205,7 +216,7 @@ def test_prefix_reuse_and_compile_reach_the_model_wrapper(tiny_model_dir, tmp_pa
     real = lm.run_batch
     monkeypatch.setattr(lm, "run_batch", lambda w, items, cfg: seen.append(w.prefix_reuse) or real(w, items, cfg))
     switch = property(lambda w: bool(compiled), lambda w, on: compiled.append(on))
-    monkeypatch.setattr(models.ModelWrapper, "compile", switch, raising=False)
+    monkeypatch.setattr(models.ModelWrapper, "compile", switch)
     assert run.main(_cli(tiny_model_dir, "--no_prefix_reuse", "--compile", "--output_dir", str(tmp_path))) == 0
     assert seen and not any(seen) and compiled == [True]
     (rd,) = tmp_path.iterdir()

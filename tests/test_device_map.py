@@ -10,11 +10,13 @@ import pytest
 import torch
 
 import registry
-from compression import SCOPES, Compressor
+from compression import Compressor
+from config import CompressionConfig
 from data import Item
-from kv_state import POSITION_MODES, KVState, extend, rollback, select
+from kv_state import KVState, extend, rollback, select
 from methods import MethodConfig, get_method
 from models import ModelWrapper, load_model
+from registry import POSITIONS, SCOPES
 from tests.two_devices import SECOND, TwoDevices, split_device_map
 
 QUESTIONS = ["How many apples are left if each day the team sells 3 of 17?",
@@ -49,10 +51,11 @@ def _cases() -> dict:
     cases = {m: (m if m != "latent" else "latent_mas", None, False) for m in ("baseline", "text_mas", "latent")}
     variants = registry.policy_variants()
     for i, (name, query) in enumerate(variants):
-        comp = dict(policy_name=name, query=query, scope=SCOPES[i % 3], positions=POSITION_MODES[i % 3],
-                    protect=("none", "latents")[i % 2])
+        comp = dict(kv_policy=name, kv_query=query, kv_scope=SCOPES[i % 3], kv_positions=POSITIONS[i % 3],
+                    kv_protect=("none", "latents")[i % 2])
         fidelity = i == len(variants) - 1
-        key = "-".join([name, query, comp["scope"], comp["positions"], comp["protect"]] + ["fidelity"] * fidelity)
+        key = "-".join([name, query, comp["kv_scope"], comp["kv_positions"], comp["kv_protect"]]
+                       + ["fidelity"] * fidelity)
         cases[key] = ("latent_mas", comp, fidelity)
     return cases
 
@@ -66,7 +69,8 @@ def test_split_model_gives_single_device_records(case, tiny, tiny_model_dir):
 
     def cfg():
         return MethodConfig(answer_type="number", max_new_tokens=4, temperature=0.0, top_p=1.0, seed=0,
-                            latent_steps=2, compressor=Compressor(**comp, keep=0.6, min_keep=2) if comp else None,
+                            latent_steps=2, compressor=Compressor(CompressionConfig(**comp, kv_keep=0.6, kv_min_keep=2))
+                            if comp else None,
                             fidelity=fidelity)
 
     with torch.inference_mode():

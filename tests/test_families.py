@@ -13,11 +13,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import architecture  # noqa: E402
 import compression  # noqa: E402
-from compression import Compressor  # noqa: E402
+import registry  # noqa: E402
 from data import Item  # noqa: E402
 from kv_state import KVState, extend, select  # noqa: E402
 from methods import MethodConfig, get_method, latent_mas  # noqa: E402
 from models import ModelWrapper  # noqa: E402
+from tests.conftest import compressor  # noqa: E402
 from tests.families import FAMILIES, build  # noqa: E402
 
 NAMES = list(FAMILIES)
@@ -95,7 +96,7 @@ def prune_vs_mask(w: ModelWrapper, policy: str = "knorm") -> float:
     state = _state(w, QUESTIONS[2:])
     ref = state.clone()
     nxt = _next(w, QUESTIONS[2:])
-    Compressor(policy, keep=0.5, min_keep=3)(w, state, nxt, _gens(1))
+    compressor(policy, kv_keep=0.5, kv_min_keep=3)(w, state, nxt, _gens(1))
     kept = set(state.pos[0, 0, 0][state.mask[0] == 1].tolist())
     ref.mask[0, [c for c in range(ref.length) if c not in kept]] = 0  # batch 1, no padding: column == position
     assert state.length < ref.length and int(state.next_pos) > _max_window(w)
@@ -110,7 +111,7 @@ def batched_vs_one_by_one(w: ModelWrapper, policy: str = "snapkv", scope: str = 
     judger's next-token logits after its prompt."""
     items = [Item(index=i, question=q, gold="1", meta={}) for i, q in enumerate(QUESTIONS)]
     cfg = MethodConfig(answer_type="number", max_new_tokens=6, temperature=0.0, top_p=1.0, seed=0, latent_steps=3,
-                       compressor=Compressor(policy, keep=0.5, scope=scope, min_keep=3))
+                       compressor=compressor(policy, kv_keep=0.5, kv_scope=scope, kv_min_keep=3))
     batched = get_method("latent_mas")(w, items, cfg)
     alone = [get_method("latent_mas")(w, [it], cfg)[0] for it in items]
     assert [r["output"] for r in batched] == [r["output"] for r in alone]
@@ -130,7 +131,7 @@ def keep_all_identical(w: ModelWrapper) -> bool:
     plain = _state(w, QUESTIONS)
     kept = plain.clone()
     nxt = _next(w, QUESTIONS)
-    Compressor("knorm", keep=1.0)(w, kept, nxt, _gens(3))
+    compressor("knorm", kv_keep=1.0)(w, kept, nxt, _gens(3))
     a = extend(w.model, plain, input_ids=nxt.ids, new_mask=nxt.mask, want="all_logits")
     b = extend(w.model, kept, input_ids=nxt.ids, new_mask=nxt.mask, want="all_logits")
     return torch.equal(a, b)
@@ -211,20 +212,20 @@ def _assert_near_tie(scores: torch.Tensor, a: torch.Tensor, b: torch.Tensor, tol
         assert not differ or s[differ].max() - s[differ].min() < tol, f"entries {differ} differ beyond a tie"
 
 
-@pytest.mark.parametrize("scope", compression.SCOPES)
+@pytest.mark.parametrize("scope", registry.SCOPES)
 @pytest.mark.parametrize("policy", list(compression.POLICIES))
 def test_every_policy_and_scope_selects_the_same_rows_batched(fam, policy, scope):
     """Each row of a padded batch keeps what it keeps alone, and the judger's logits after pruning agree."""
     nxt = _next(fam, QUESTIONS)
     batch = _state(fam, QUESTIONS)
-    Compressor(policy, keep=0.5, scope=scope, min_keep=3)(fam, batch, nxt, _gens(3))
+    compressor(policy, kv_keep=0.5, kv_scope=scope, kv_min_keep=3)(fam, batch, nxt, _gens(3))
     kept = [batch.pos[:, b][..., batch.mask[b] == 1] for b in range(len(QUESTIONS))]
     logits = extend(fam.model, batch, input_ids=nxt.ids, new_mask=nxt.mask, want="logits")
     assert torch.isfinite(logits).all()
     for b, q in enumerate(QUESTIONS):
         one = _state(fam, [q])
         enc = _next(fam, [q])
-        comp = Compressor(policy, keep=0.5, scope=scope, min_keep=3)
+        comp = compressor(policy, kv_keep=0.5, kv_scope=scope, kv_min_keep=3)
         scores = comp.scores(fam, one.clone(), enc, [_gens(3)[b]])[:, 0]  # (L', H', T): positions == columns
         comp(fam, one, enc, [_gens(3)[b]])
         if not torch.equal(kept[b], one.pos[:, 0]):
@@ -353,5 +354,5 @@ def test_rerotate_is_refused_in_one_line_where_the_rotary_module_cannot_be_calle
 
     w = _family("llama4", str(tiny_model_dir))
     with pytest.raises(CompressionError, match="rerotate cannot work with Llama4ForCausalLM"):
-        Compressor("knorm", positions="rerotate").check(w.model)
-    Compressor("knorm", positions="original").check(w.model)
+        compressor("knorm", kv_positions="rerotate").check(w.model)
+    compressor("knorm", kv_positions="original").check(w.model)

@@ -12,7 +12,6 @@ import pytest
 import config
 import run
 import runner
-from compression import Compressor
 from data import Item
 from kv_state import KVState, keep_last
 from methods import MethodConfig, get_method
@@ -28,7 +27,7 @@ from reference_import import (
     python_slice,
 )
 from teams import TeamError, load_team, parse_team
-from tests.conftest import ROOT
+from tests.conftest import ROOT, compressor
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 STANDIN = ROOT / "tests" / "reference_standin"
@@ -228,7 +227,7 @@ def test_trace_is_off_by_default_and_changes_no_output(tiny):
 @pytest.mark.parametrize("scope", ["shared", "layer", "head"])
 def test_trace_kept_entries_per_scope_do_not_depend_on_the_batch(tiny, scope):
     w = ModelWrapper(*tiny)
-    comp = Compressor("streaming", keep=0.5, scope=scope, min_keep=2)  # position-based: no float near-ties
+    comp = compressor("streaming", kv_keep=0.5, kv_scope=scope, kv_min_keep=2)  # position-based: no float near-ties
     together = get_method("latent_mas")(w, _items(3), _cfg(compressor=comp))
     for i, rec in enumerate(together):
         alone = get_method("latent_mas")(w, _items(3)[i:i + 1], _cfg(compressor=comp))[0]

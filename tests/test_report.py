@@ -12,7 +12,6 @@ import torch
 import registry
 import report
 import run
-from compression import Compressor
 from config import RunConfig
 from data import Item
 from errors import RunError
@@ -20,7 +19,7 @@ from methods import MethodConfig, get_method
 from models import ModelWrapper
 from observe import Observer, create_exclusive, kept_mask, observer_from_args
 from rundir import summarize
-from tests.conftest import ROOT, settings
+from tests.conftest import ROOT, compressor, settings
 from utils import wilson_ci
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -277,7 +276,7 @@ def test_heatmaps_and_embeddings_per_item_and_transition(tiny, tmp_path):
     from safetensors.torch import load_file
 
     items = [Item(index=i + 3, question=q, gold="1", meta={}) for i, q in enumerate(QUESTIONS)]
-    comp = Compressor("knn-top", keep=0.5, scope="layer", min_keep=2)
+    comp = compressor("knn-top", kv_keep=0.5, kv_scope="layer", kv_min_keep=2)
     obs, records = _observed_run(tiny, tmp_path, items, comp, steps=2)
     heat = sorted(p.name for p in (tmp_path / "heatmaps").iterdir())
     expected = [f"item{i:05d}_{k}-{a}_to_{b}.{ext}" for i in (3, 4)

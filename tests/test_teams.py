@@ -9,14 +9,13 @@ import pytest
 import torch
 
 import run
-from compression import Compressor
 from data import Item
 from kv_state import TEXT
 from methods import MethodConfig, get_method, latent_mas
 from models import ModelWrapper
 from prompts import agent_prompt, baseline_prompt, team_prompts
 from teams import TEAMS_DIR, TeamError, default_team, load_team, parse_team, with_first_agent_text
-from tests.conftest import ROOT
+from tests.conftest import ROOT, compressor
 
 GOLDEN = json.loads((ROOT / "tests" / "data" / "prompts_before_teams.json").read_text())
 QUESTIONS = ["How many apples are left if each day the team sells 3 of 17?", "What is the total?",
@@ -110,7 +109,7 @@ def test_hierarchical_judger_reads_all_workers_and_compression_applies_at_the_me
     workers, judger = rec["agents"][:-1], rec["agents"][-1]
     assert all(a["kv_tokens_in"] == 0 for a in workers)
     assert judger["kv_tokens_in"] == sum(a["kv_tokens_out"] for a in workers)
-    comp = Compressor("knn-bottom", keep=0.5, min_keep=2)
+    comp = compressor("knn-bottom", kv_keep=0.5, kv_min_keep=2)
     rec = get_method("latent_mas")(w, _items(), _cfg(prompt="hierarchical", compressor=comp))[0]
     workers, judger = rec["agents"][:-1], rec["agents"][-1]
     assert all(a["kv_tokens_before"] == a["kv_tokens_in"] == 0 for a in workers)

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 import registry
-from compression import Compressor, make_policy
+from compression import make_policy
 from data import Item
 from kv_state import LATENT, PROMPT, KVState, extend
 from methods import MethodConfig, get_method
 from models import ModelWrapper
-from tests.conftest import settings
+from tests.conftest import compressor, settings
 
 QUESTIONS = ["How many apples are left if each day the team sells 3 of 17?", "What is the total?",
              "If she sells 9 eggs each day for 2 dollars each, how many dollars is that?"]
@@ -61,18 +61,19 @@ def _expected(before, budget, min_keep):
 
 
 def test_is_registered_and_accepted_by_the_cli():
-    assert registry.POLICIES["latents-only"].cls == "LatentsOnly"
-    assert type(make_policy("latents-only")).__name__ == "LatentsOnly"
+    from compression import CLASSES, LatentsOnly
+
+    assert "latents-only" in registry.POLICIES and CLASSES["latents-only"] is LatentsOnly
+    assert type(make_policy("latents-only")) is LatentsOnly
     # the CLI takes it (a refused flag would exit 2)
-    settings(["--method", "latent_mas", "--kv_policy", "latents-only", "--kv_protect", "latents",
-                      "--kv_keep", "0.01"])
+    settings(["--method", "latent_mas", "--kv_policy", "latents-only", "--kv_protect", "latents", "--kv_keep", "0.01"])
 
 
 def test_protect_latents_with_a_small_keep_hands_on_exactly_the_latents(tiny):
     w = _wrapper(tiny)
     state = _state(w, QUESTIONS, steps=3)
     before = [_entries(state, b) for b in range(3)]
-    comp = Compressor("latents-only", keep=0.01, min_keep=2, protect="latents")
+    comp = compressor("latents-only", kv_keep=0.01, kv_min_keep=2, kv_protect="latents")
     comp(w, state, _next(w, QUESTIONS), _gens([0, 1, 2]))
     for b in range(3):
         after = _entries(state, b)
@@ -89,7 +90,7 @@ def test_latents_go_first_whatever_the_budget(tiny, keep, min_keep):
     w = _wrapper(tiny)
     state = _state(w, QUESTIONS, steps=3)
     before = [_entries(state, b) for b in range(3)]
-    comp = Compressor("latents-only", keep=keep, min_keep=min_keep)
+    comp = compressor("latents-only", kv_keep=keep, kv_min_keep=min_keep)
     budgets = comp.budgets(state).tolist()
     comp(w, state, _next(w, QUESTIONS), _gens([0, 1, 2]))
     for b in range(3):
@@ -109,12 +110,12 @@ def test_batched_equals_one_by_one_with_rows_of_different_latent_counts(tiny):
 
     def build(questions, gens):
         state = _state(w, questions, steps=3)
-        Compressor("random", keep=0.5, min_keep=1)(w, state, _next(w, questions), gens)
+        compressor("random", kv_keep=0.5, kv_min_keep=1)(w, state, _next(w, questions), gens)
         _think(w, state, questions, "refine", 2)
         return state
 
-    for comp in (Compressor("latents-only", keep=0.3, min_keep=2),
-                 Compressor("latents-only", keep=0.01, min_keep=2, protect="latents")):
+    for comp in (compressor("latents-only", kv_keep=0.3, kv_min_keep=2),
+                 compressor("latents-only", kv_keep=0.01, kv_min_keep=2, kv_protect="latents")):
         batch = build(QUESTIONS, _gens(seeds))
         latents = batch.kind_counts(LATENT)
         assert len(set(latents)) > 1 and len(set(batch.mask.sum(1).tolist())) > 1  # rows really differ
@@ -130,7 +131,7 @@ def test_batched_equals_one_by_one_with_rows_of_different_latent_counts(tiny):
             assert _entries(one, 0) == kept[b]
             alone = extend(w.model, one, input_ids=_next(w, [q]).ids, want="logits")
             assert (alone[0] - logits[b]).abs().max().item() < 1e-4
-        if comp.protect == "latents":
+        if comp.settings.kv_protect == "latents":
             assert kept_latents == latents and [len(k) for k in kept] == latents  # exactly the latents
 
 
@@ -138,7 +139,8 @@ def test_fidelity_is_measured_like_for_any_policy(tiny):
     w = _wrapper(tiny)
     items = [Item(i, q, "1", {}) for i, q in enumerate(QUESTIONS[:2])]
     cfg = MethodConfig(answer_type="number", max_new_tokens=6, temperature=0.0, top_p=1.0, seed=0, latent_steps=3,
-                       fidelity=True, compressor=Compressor("latents-only", keep=0.01, min_keep=2, protect="latents"))
+                       fidelity=True,
+                       compressor=compressor("latents-only", kv_keep=0.01, kv_min_keep=2, kv_protect="latents"))
     records = get_method("latent_mas")(w, items, cfg)
     for rec in records:
         planner, critic, refiner, judger = rec["agents"]
