@@ -156,7 +156,8 @@ def _think(wrapper, items, cfg: MethodConfig, team, encs, compressor, observer=N
                       "handoffs": handoffs})
         if cfg.trace and kept is not None:
             kv = state.layer_tensors()
-            steps[-1]["kept"] = _kept_entries(*kept, mask_before, compressor.scope, (len(kv), kv[0][0].shape[1]))
+            steps[-1]["kept"] = _kept_entries(*kept, mask_before, compressor.settings.kv_scope,
+                                              (len(kv), kv[0][0].shape[1]))
         if cfg.handoff != "all" and cfg.flow == "chain" and not final:
             _cut_handoff(w, cfg, state, [o[0] - i[0] for o, i in zip(steps[-1]["out"], after)])
         if observer:  # outside the timed region: heatmap of the hand-off, latents of the agent (observe.py)
