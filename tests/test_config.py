@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 import config
-import report
 import run
 from config import FLAGS, RunConfig
 from methods import MethodConfig
+from report.runs import load_run
 from tests.conftest import ROOT, settings
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -249,7 +249,7 @@ def test_a_run_written_before_the_typed_config_resumes_merges_and_reports(tiny_m
     (old / "results.jsonl").write_text(lines[0])
     (old / "summary.json").unlink()
     # report rebuilds the summary of the stopped run from its old config
-    assert report.load_run(old).summary["compression"]["kv_policy"] == "knn-bottom"
+    assert load_run(old).summary["compression"]["kv_policy"] == "knn-bottom"
     assert run.main(["--resume", str(old)]) == 0
     resumed = (old / "results.jsonl").read_text().splitlines(keepends=True)
     assert resumed[0] == lines[0] and _untimed(json.loads(resumed[1])) == _untimed(json.loads(lines[1]))

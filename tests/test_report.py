@@ -18,6 +18,7 @@ from errors import RunError
 from methods import MethodConfig, get_method
 from models import ModelWrapper
 from observe import Observer, create_exclusive, kept_mask, observer_from_args
+from report.runs import find_runs, load_run, series_key, series_label
 from rundir import summarize
 from tests.conftest import ROOT, compressor, settings
 from utils import wilson_ci
@@ -89,14 +90,14 @@ def test_report_writes_table_and_plots(tmp_path):
 
 
 def test_series_are_one_line_per_policy_and_points_per_keep(tmp_path):
-    runs = [report.load_run(make_run(tmp_path, f"{p}{k}", policy=p, keep=k)) for p in ("knorm", "random")
+    runs = [load_run(make_run(tmp_path, f"{p}{k}", policy=p, keep=k)) for p in ("knorm", "random")
             for k in (0.4, 0.6, 0.9)]
-    runs.append(report.load_run(make_run(tmp_path, "r-layer", policy="random", keep=0.5, kv_scope="layer")))
-    keys = sorted({report.series_key(r) for r in runs}, key=str)
+    runs.append(load_run(make_run(tmp_path, "r-layer", policy="random", keep=0.5, kv_scope="layer")))
+    keys = sorted({series_key(r) for r in runs}, key=str)
     assert len(keys) == 3
-    labels = sorted(report.series_label(k, keys) for k in keys)
+    labels = sorted(series_label(k, keys) for k in keys)
     assert labels == ["knorm scope=shared", "random scope=layer", "random scope=shared"]  # what varies is named
-    assert report.series_label(keys[0], keys[:1]) == "knorm"  # alone, the defaults go unsaid
+    assert series_label(keys[0], keys[:1]) == "knorm"  # alone, the defaults go unsaid
 
 
 def test_mixed_models_and_tasks_are_never_on_one_axis(tmp_path):
@@ -125,7 +126,7 @@ def test_report_rebuilds_a_missing_summary_and_refuses_non_runs(tmp_path, capsys
     with open(d / "results.jsonl", "a") as f:
         f.write('{"index": 4, "quest')  # half-written last line
     before = (d / "results.jsonl").read_bytes()
-    r = report.load_run(d)
+    r = load_run(d)
     assert r.get("n") == 4 and r.get("accuracy") == 0.75
     assert (d / "results.jsonl").read_bytes() == before  # the report never edits a run directory
     shards = make_run(tmp_path, "shards", n=4, correct=2, write_summary=False)  # a scale-out launch, not merged
@@ -134,7 +135,7 @@ def test_report_rebuilds_a_missing_summary_and_refuses_non_runs(tmp_path, capsys
     (shards / "results.jsonl").unlink()
     (shards / "parts" / "part-0.jsonl").write_text("".join(lines[:2]))
     (shards / "parts" / "part-1.jsonl").write_text("".join(lines[1:]))  # one record in both: counted once
-    assert report.load_run(shards).get("n") == 4 and report.load_run(shards).get("correct") == 2
+    assert load_run(shards).get("n") == 4 and load_run(shards).get("correct") == 2
     (tmp_path / "empty").mkdir()
     for argv in ([str(tmp_path / "empty"), "--out", str(tmp_path / "o")], [str(tmp_path / "nope")]):
         with pytest.raises(SystemExit) as e:
@@ -368,12 +369,12 @@ def test_example_logs_are_whole_runs_of_every_method_with_their_report():
     """example_logs/ holds what regenerate.sh writes: a complete run per method, records matching the summary, and
     the report over them."""
     script = (ROOT / "example_logs" / "regenerate.sh").read_text()
-    runs = report.find_runs([str(ROOT / "example_logs" / d) for d in
+    runs = find_runs([str(ROOT / "example_logs" / d) for d in
                              ("baseline", "text_mas", "latent_mas", "latent_mas_knn-bottom_0.6")])
     assert {r.summary["method"] for r in runs} == set(registry.METHODS)
     for r in runs:
         assert f'--run_dir "$out/{r.path.name}"' in script
-        assert r.summary["complete"] and r.summary["n"] == len(r.records) == r.config["args"]["max_samples"]
+        assert r.summary["complete"] and r.summary["n"] == len(r.records) == r.settings.data.max_samples
         assert sum(x["correct"] for x in r.records) == r.summary["correct"]
     compressed = runs[-1].summary
     assert compressed["kv_kept_share_judger_mean"] < 1 and "fidelity_agreement_mean" in compressed

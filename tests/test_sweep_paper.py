@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
-import report
 import run
 import sweep
+from report.runs import Run
+from report.tables import PUBLISHED, load_published, published_for
+from rundir import SavedRun
 from tests.conftest import ROOT
 from tests.test_report import make_run
 
@@ -24,9 +26,9 @@ CPU = {"latentmas_main.yaml": ["--model_name", "smollm2-135m", "--task", "gsm8k"
                               "--include_old_prompts"]}
 
 
-def _as_run(cell: sweep.Cell) -> report.Run:
+def _as_run(cell: sweep.Cell) -> Run:
     """A cell as the report would see its run (settings only)."""
-    return report.Run(Path(cell.name), cell.cfg.summary_settings(), {"args": cell.cfg.flat()})
+    return Run(SavedRun(Path(cell.name), {"args": cell.cfg.flat()}, cell.cfg, [], cell.cfg.summary_settings()))
 
 
 @pytest.mark.parametrize("name", FILES)
@@ -47,18 +49,18 @@ def test_paper_files_pass_a_dry_run(name, capsys, monkeypatch):
 
 
 def test_every_published_number_belongs_to_one_cell_of_the_paper_files():
-    rows = report.load_published(report.PUBLISHED)
+    rows = load_published(PUBLISHED)
     assert len(rows) == 72 + 3 + 20 and all(0 < r["accuracy"] < 1 for r in rows)
     cells = [c for name in FILES for c in sweep.plan(str(PAPER / name), {}).cells]
     matched = {id(r): [] for r in rows}
     for c in cells:
-        for r in report.published_for(_as_run(c), rows):
+        for r in published_for(_as_run(c), rows):
             matched[id(r)].append(c.name)
     assert all(len(names) == 1 for names in matched.values()), [n for n in matched.values() if len(n) != 1]
     main = sweep.plan(str(PAPER / "latentmas_main.yaml"), {}).cells
-    assert all(len(report.published_for(_as_run(c), rows)) == 1 for c in main)
+    assert all(len(published_for(_as_run(c), rows)) == 1 for c in main)
     knn = sweep.plan(str(PAPER / "knn_latentmas.yaml"), {}).cells
-    with_number = [c for c in knn if report.published_for(_as_run(c), rows)]
+    with_number = [c for c in knn if published_for(_as_run(c), rows)]
     assert len(with_number) == 23 and all(c.cfg.compression.kv_positions == "shift" for c in with_number
                                           if c.cfg.compression.kv_policy != "none")
 
