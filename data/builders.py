@@ -203,10 +203,10 @@ def option_item(rec: dict, index: int, where: str, seed: int = 0, n_options: int
 _NOT_ENTRY = frozenset(dir(builtins)) | {"assert", "math", "isclose", "np", "numpy", "assertion"}
 
 
-def _called_names(tests: list[str]) -> list[str]:
+def _called_names(tests: list[str], skip: frozenset = _NOT_ENTRY) -> list[str]:
     names: list[str] = []
     for m in re.finditer(r"(?<![\w.])([A-Za-z_]\w*)\s*\(", "\n".join(tests)):
-        if m.group(1) not in names and m.group(1) not in _NOT_ENTRY:
+        if m.group(1) not in names and m.group(1) not in skip:
             names.append(m.group(1))
     return names
 
@@ -231,7 +231,10 @@ def code_item(rec: dict, index: int, where: str, seed: int = 0, n_options: int |
             raise DataError(f"{where}: MBPP layout without text/prompt; found: {', '.join(map(str, rec))}")
         defined = re.findall(r"^def\s+(\w+)", str(rec.get("code") or ""), re.MULTILINE)
         called = _called_names(tests)
-        entry = next((n for n in called if n in defined), called[0] if called else None)
+        # A reference may define a builtin's name (Mbpp/126 writes `sum`): that is the entry point then, so the
+        # sandbox lets the tests call the solution's `sum` rather than the builtin.
+        entry = next((n for n in called if n in defined), None) or \
+            next((n for n in _called_names(tests, frozenset()) if n in defined), called[0] if called else None)
         shown = "\n".join(tests[:3])  # the seed showed three; fewer when the item has fewer (it crashed there)
         question = (f"{str(text).strip()}\nYour code should pass tests like these:\n```python\n{shown}\n```")
         harness = rec.get("test")  # MBPP+: the full evalplus test program

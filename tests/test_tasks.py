@@ -203,6 +203,9 @@ def test_code_items(hub) -> None:
     rows = [dict(HUB["mbpp"][0][0], test_list=["assert add(1, 2) == 3"])]  # fewer than 3 tests (the seed crashed)
     [mb], _, _ = hub("mbpp", rows)
     assert mb.meta["entry_point"] == "add" and "assert add(1, 2) == 3" in mb.question
+    rows = [dict(HUB["mbpp"][0][0], code="def sum(a, b):\n    return a + b", test_list=["assert sum(1, 2) == 3"])]
+    [named], _, _ = hub("mbpp", rows)  # a builtin's name (as Mbpp/126): the reference defines it, so it is the entry
+    assert named.meta["entry_point"] == "sum"
     [mbp], _, _ = hub("mbppplus")
     assert mbp.meta["prelude"] == "import math" and "for inp, exp" in mbp.meta["tests"]
     assert "assert add(1, 2) == 3" in mbp.question
