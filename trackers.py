@@ -4,8 +4,9 @@ trackers it knows (registry.TRACKERS) work alike.
 Per run (a single run, or one cell of a sweep): the settings as hyperparameters when it starts; per finished item,
 as step = items done so far, the running accuracy, whether it was correct, its generated tokens, the judger's KV
 tokens and bytes and its time; at the end the summary's numbers (step = items). A sweep's cells are one tracker run
-each, grouped by the sweep's name (TensorBoard: DIR/SWEEP/CELL; Trackio, MLflow, W&B, SwanLab, Comet: the project
-or experiment SWEEP, Aim and W&B also record it as the group). DIR defaults to RUN_DIR/trackers for a run and
+each, grouped by the sweep's name (TensorBoard and DVCLive: DIR/SWEEP/CELL; Trackio, MLflow, W&B, SwanLab, Comet,
+ClearML: the project or experiment SWEEP; Aim: the experiment SWEEP; Trackio and W&B also record it as the run's
+group). DIR defaults to RUN_DIR/trackers for a run and
 SWEEP_FOLDER/trackers for a sweep. Local stores need no network; the hosted ones (W&B, SwanLab, Comet) write
 offline unless their API key is set.
 
@@ -105,7 +106,7 @@ def _tracker(name: str, root: Path, run: str, group: str | None):
         return cls(project, name=run, group=group, dir=str(root), mode=mode)
     if name == "swanlab":
         mode = "offline" if _offline("SWANLAB_API_KEY") else "cloud"
-        return cls(project, experiment_name=run, group=group, logdir=str(root), mode=mode)
+        return cls(project, experiment_name=run, logdir=str(root), mode=mode)
     if name == "comet_ml":
         return cls(project, online=not _offline("COMET_API_KEY"))
     return cls(run_name=run, project_name=project)  # clearml
