@@ -5,7 +5,8 @@ A policy is a small dataclass whose `score` says how much each cached entry is w
 `Compressor`: the budget, the protected entries (the most recent ones, optionally every latent step), the
 selection scope (shared / per layer / per KV head), and the gather with its position handling (kv_state.select).
 Adding a policy = one class here marked @policy("name") + one row in registry.POLICIES (its name, what it keeps,
-the --kv_query values it reads, what it needs); the CLI, the README table and every test matrix read that list.
+the --kv_query values it reads, what it needs); the CLI, the table in docs/compression.md and every test matrix
+read that list.
 """
 from __future__ import annotations
 

@@ -121,7 +121,7 @@ TASKS: dict[str, TaskSpec] = {
 
 
 def tasks_markdown() -> str:
-    """The README's task table (a test checks the README holds exactly this)."""
+    """The task table of docs/tasks.md (a test checks the docs hold exactly this)."""
     rows = ["| task | what | answer | hub source: split (items) | offline source: split (items) |",
             "|---|---|---|---|---|"]
     for t in TASKS.values():
@@ -166,8 +166,9 @@ METHODS: dict[str, MethodSpec] = {
 }
 
 # --- KV-cache compression policies -------------------------------------------------------------------------------
-# The one list of policies: the CLI's --kv_policy choices, the README table, compression.make_policy and every test
-# matrix read it. Adding a policy = one small class in compression.py (its `score`) + one row here. This module
+# The one list of policies: the CLI's --kv_policy choices, the table in docs/compression.md, compression.make_policy
+# and every test matrix read it. Adding a policy = one small class in compression.py (its `score`, marked
+# @policy("name")) + one row here. This module
 # imports nothing heavy, so the CLI checks flags before torch loads.
 
 QUERIES: dict[str, str] = {  # --kv_query: what a policy that takes a query compares the cache with
@@ -187,7 +188,7 @@ POSITIONS = ("original", "rerotate", "shift")  # --kv_positions: what kv_state.s
 @dataclass(frozen=True)
 class PolicySpec:
     name: str  # the --kv_policy value
-    description: str  # what it keeps (the README table)
+    description: str  # what it keeps (the table in docs/compression.md)
     args: tuple[tuple[str, object], ...] = ()  # fixed constructor arguments of its class (compression.py)
     queries: tuple[str, ...] = ()  # the --kv_query values it reads (passed as query=); empty: it takes no query
     needs: tuple[str, ...] = ()  # keys of NEEDS it always needs
@@ -235,7 +236,7 @@ def query_problem(policy: str, query: str) -> str | None:
 
 
 def policies_markdown() -> str:
-    """The README's policy table (a test checks the README holds exactly this)."""
+    """The policy table of docs/compression.md (a test checks the docs hold exactly this)."""
     rows = ["| `--kv_policy` | what it keeps |", "|---|---|"]
     rows += [f"| `{p.name}` | {p.description} |" for p in POLICIES.values()]
     return "\n".join(rows)

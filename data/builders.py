@@ -1,5 +1,5 @@
 """Items from rows, one builder per answer type (registry.TaskSpec.answer_type). A row is a dict in one of the
-layouts the README lists; a task whose source stores something else declares an adapter (data/adapters.py) that
+layouts docs/tasks.md lists; a task whose source stores something else declares an adapter (data/adapters.py) that
 turns its rows into one of these layouts first.
 
 Every item carries a normalized gold: a canonical number string (number, integer), an upper-case letter (letter),

@@ -1,4 +1,4 @@
-"""Methods: each turns a batch of items into one record per item (see DESIGN.md "Output a user reads")."""
+"""Methods: each turns a batch of items into one record per item (the record's keys: docs/output.md)."""
 from __future__ import annotations
 
 from config import FLAGS, RunConfig

@@ -102,3 +102,44 @@ def compressor(policy: str, **settings):
     from config import CompressionConfig
 
     return Compressor(CompressionConfig(kv_policy=policy, **settings))
+
+
+# --- helpers the test files share ------------------------------------------------------------------------------------
+
+# what differs between two runs of the same settings: timings, and where the run lives
+NOT_COMPARED = frozenset({"time_s", "time_total_s", "time_per_sample_s", "compress_time_s", "compress_time_mean_s",
+                          "run_dir", "merged_from"})
+
+
+def run_argv(model_dir, *extra: str, samples: int = 3, tokens: int = 8, steps: int = 2) -> list[str]:
+    """A small greedy gsm8k run on `model_dir` (the tiny model): the flags the CLI tests share, then `extra`."""
+    return ["--model_name", str(model_dir), "--task", "gsm8k", "--max_samples", str(samples), "--max_new_tokens",
+            str(tokens), "--temperature", "0", "--latent_steps", str(steps), *extra]
+
+
+def results_of(run_dir: Path) -> list[dict]:
+    """RUN_DIR/results.jsonl, one dict per line."""
+    import json
+
+    return [json.loads(line) for line in (Path(run_dir) / "results.jsonl").read_text().splitlines()]
+
+
+def untimed(x):
+    """Records or a summary without what may differ between equal runs (NOT_COMPARED), at any depth."""
+    if isinstance(x, dict):
+        return {k: untimed(v) for k, v in x.items() if k not in NOT_COMPARED}
+    return [untimed(v) for v in x] if isinstance(x, list) else x
+
+
+def exit_2(argv: list[str], capsys, one_line: bool = False) -> str:
+    """run.main(argv) ends with exit code 2 and no traceback; returns its last stderr line (one_line: the only one)."""
+    import run
+
+    with pytest.raises(SystemExit) as e:
+        run.main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err and not any("Traceback" in line for line in err), err
+    if one_line:
+        assert len(err) == 1, err
+    return err[-1]

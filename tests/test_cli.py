@@ -13,7 +13,7 @@ import pytest
 import config
 import registry
 import run
-from tests.conftest import ROOT
+from tests.conftest import ROOT, results_of, run_argv, untimed
 
 SUMMARY_KEYS = ["method", "task", "model", "prompt", "n", "correct", "accuracy", "accuracy_ci95", "latent_steps",
                 "compression", "seed", "time_total_s", "time_per_sample_s", "generated_tokens_mean",
@@ -24,24 +24,13 @@ AGENT_KEYS = ["name", "role", "model", "prompt_tokens", "latent_steps", "output_
 
 
 def _cli(tiny_model_dir, out, *extra):
-    return ["--model_name", str(tiny_model_dir), "--task", "gsm8k", "--max_samples", "3", "--max_new_tokens", "8",
-            "--temperature", "0", "--latent_steps", "2", "--output_dir", str(out), *extra]
+    return run_argv(tiny_model_dir, "--output_dir", str(out), *extra)
 
 
 def _run_dir(out: Path) -> Path:
     dirs = [p for p in out.iterdir() if p.is_dir()]
     assert len(dirs) == 1
     return dirs[0]
-
-
-def _records(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
-
-
-def _untimed(records):
-    def clean(d):
-        return {k: v for k, v in d.items() if k != "time_s"}
-    return [dict(clean(r), agents=[clean(a) for a in r["agents"]]) for r in records]
 
 
 @pytest.mark.parametrize("argv, words", [
@@ -116,7 +105,7 @@ def test_run_writes_config_results_summary(method, tiny_model_dir, tmp_path, cap
     assert summary["n"] == 3 and summary["complete"]
     lo, hi = summary["accuracy_ci95"]
     assert 0 <= lo <= summary["accuracy"] <= hi <= 1
-    records = _records(rd)
+    records = results_of(rd)
     assert [r["index"] for r in records] == [0, 1, 2]
     n_agents = 1 if method == "baseline" else 4
     for r in records:
@@ -134,14 +123,14 @@ def test_same_seed_same_results(tiny_model_dir, tmp_path):
     for name in ("a", "b"):
         assert run.main(["--method", "latent_mas", *_cli(tiny_model_dir, tmp_path / name), "--temperature", "0.8",
                          "--top_p", "0.9"]) == 0
-    a, b = (_records(_run_dir(tmp_path / n)) for n in ("a", "b"))
-    assert _untimed(a) == _untimed(b)
+    a, b = (results_of(_run_dir(tmp_path / n)) for n in ("a", "b"))
+    assert untimed(a) == untimed(b)
     assert any(r["generated_tokens"] > 0 for r in a)
 
 
 def test_resume_after_crash_keeps_everything_once(tiny_model_dir, tmp_path):
     assert run.main(["--method", "latent_mas", *_cli(tiny_model_dir, tmp_path / "full")]) == 0
-    full = _records(_run_dir(tmp_path / "full"))
+    full = results_of(_run_dir(tmp_path / "full"))
     assert run.main(["--method", "latent_mas", *_cli(tiny_model_dir, tmp_path / "crash")]) == 0
     rd = _run_dir(tmp_path / "crash")
     lines = (rd / "results.jsonl").read_text().splitlines(keepends=True)
@@ -149,9 +138,9 @@ def test_resume_after_crash_keeps_everything_once(tiny_model_dir, tmp_path):
     (rd / "results.jsonl").write_text(lines[0] + lines[1][: len(lines[1]) // 2])
     (rd / "summary.json").unlink()
     assert run.main(["--resume", str(rd)]) == 0
-    resumed = _records(rd)
+    resumed = results_of(rd)
     assert [r["index"] for r in resumed] == [0, 1, 2]
-    assert _untimed(resumed) == _untimed(full)
+    assert untimed(resumed) == untimed(full)
     assert json.loads((rd / "summary.json").read_text())["n"] == 3
 
 
@@ -170,13 +159,13 @@ def test_ctrl_c_keeps_finished_items(tiny_model_dir, tmp_path, monkeypatch, caps
     monkeypatch.setattr(lm, "run_batch", flaky)
     assert run.main(["--method", "latent_mas", *_cli(tiny_model_dir, tmp_path)]) == 130
     rd = _run_dir(tmp_path)
-    assert [r["index"] for r in _records(rd)] == [0]
+    assert [r["index"] for r in results_of(rd)] == [0]
     summary = json.loads((rd / "summary.json").read_text())
     assert summary["n"] == 1 and not summary["complete"]
     assert f"--resume {rd}" in capsys.readouterr().err
     monkeypatch.setattr(lm, "run_batch", real)
     assert run.main(["--resume", str(rd)]) == 0
-    assert [r["index"] for r in _records(rd)] == [0, 1, 2]
+    assert [r["index"] for r in results_of(rd)] == [0, 1, 2]
 
 
 def test_docs_flags_table_matches_argparse():
@@ -195,7 +184,7 @@ def test_embedded_smollm2_end_to_end_in_a_fresh_process(smol, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["model"] == "smollm2-135m" and summary["n"] == 1
-    rec = _records(_run_dir(tmp_path))[0]
+    rec = results_of(_run_dir(tmp_path))[0]
     judger = rec["agents"][-1]
     assert rec["gold"] == "18" and 0 < judger["output_tokens"] <= 24 and judger["output"]
     # 30 layers x 3 KV heads x 64 dims x (K and V) x 4 bytes per cached token

@@ -14,7 +14,7 @@ import run
 from config import FLAGS, RunConfig
 from methods import MethodConfig
 from report.runs import load_run
-from tests.conftest import ROOT, settings
+from tests.conftest import ROOT, exit_2, run_argv, settings, untimed
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -32,12 +32,7 @@ OLD_ARGS = {"method": "latent_mas", "model_name": "smollm2-135m", "task": "gsm8k
 
 
 def _exit_2(argv, capsys) -> str:
-    with pytest.raises(SystemExit) as e:
-        run.main(argv)
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "Traceback" not in err[0], err
-    return err[0]
+    return exit_2(argv, capsys, one_line=True)
 
 
 # --- one field per flag ----------------------------------------------------------------------------------------------
@@ -204,8 +199,7 @@ def test_defaults_and_false_switches_are_never_flagged(tmp_path, capsys):
 # --- runs ------------------------------------------------------------------------------------------------------------
 
 def _cli(tiny_model_dir, *extra):
-    return ["--method", "latent_mas", "--model_name", str(tiny_model_dir), "--task", "gsm8k", "--max_samples", "2",
-            "--max_new_tokens", "4", "--temperature", "0", "--latent_steps", "1", "--device", "cpu", *extra]
+    return run_argv(tiny_model_dir, "--method", "latent_mas", "--device", "cpu", *extra, samples=2, tokens=4, steps=1)
 
 
 def test_prefix_reuse_and_compile_reach_the_model_wrapper(tiny_model_dir, tmp_path, monkeypatch, capsys):
@@ -252,16 +246,10 @@ def test_a_run_written_before_the_typed_config_resumes_merges_and_reports(tiny_m
     assert load_run(old).summary["compression"]["kv_policy"] == "knn-bottom"
     assert run.main(["--resume", str(old)]) == 0
     resumed = (old / "results.jsonl").read_text().splitlines(keepends=True)
-    assert resumed[0] == lines[0] and _untimed(json.loads(resumed[1])) == _untimed(json.loads(lines[1]))
+    assert resumed[0] == lines[0] and untimed(json.loads(resumed[1])) == untimed(json.loads(lines[1]))
     assert run.main(["merge", str(old), "--out", str(tmp_path / "merged")]) == 0
     assert run.main(["report", str(old), str(tmp_path / "merged"), "--out", str(tmp_path / "rep")]) == 0
     summaries = [json.loads((d / "summary.json").read_text()) for d in (new, old, tmp_path / "merged")]
-    assert [_untimed(s) for s in summaries[1:]] == [_untimed(summaries[0])] * 2
+    assert [untimed(s) for s in summaries[1:]] == [untimed(summaries[0])] * 2
 
 
-def _untimed(x):
-    drop = ("time_s", "compress_time_s", "time_total_s", "time_per_sample_s", "compress_time_mean_s", "run_dir",
-            "merged_from")
-    if isinstance(x, dict):
-        return {k: _untimed(v) for k, v in x.items() if k not in drop}
-    return [_untimed(v) for v in x] if isinstance(x, list) else x

@@ -17,6 +17,7 @@ from kv_state import KVState, extend, rollback, select
 from methods import MethodConfig, get_method
 from models import ModelWrapper, load_model
 from registry import POSITIONS, SCOPES
+from tests.conftest import results_of, run_argv
 from tests.two_devices import SECOND, TwoDevices, split_device_map
 
 QUESTIONS = ["How many apples are left if each day the team sells 3 of 17?",
@@ -127,14 +128,13 @@ def test_the_second_device_catches_a_mixed_operation():
 
 
 def _cli(tiny_model_dir, out, *extra):
-    return ["--method", "latent_mas", "--model_name", str(tiny_model_dir), "--max_samples", "2", "--max_new_tokens",
-            "4", "--temperature", "0", "--latent_steps", "2", "--kv_policy", "knorm", "--kv_keep", "0.7",
-            "--output_dir", str(out), *extra]
+    return run_argv(tiny_model_dir, "--method", "latent_mas", "--kv_policy", "knorm", "--kv_keep", "0.7",
+                    "--output_dir", str(out), *extra, samples=2, tokens=4)
 
 
 def _results(out):
     (run_dir,) = [p for p in out.iterdir() if p.is_dir()]
-    return [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
+    return results_of(run_dir)
 
 
 def test_device_map_flag_loads_through_accelerate(tiny_model_dir, tmp_path):

@@ -1,4 +1,4 @@
-"""The conformance matrix: every DESIGN.md invariant of the shared KV state on a tiny random model of every decoder
+"""The conformance matrix: every docs/design.md invariant of the shared KV state on a tiny random model of every decoder
 family in tests/families.py (sliding windows of 16-24 tokens, crossed by every cache here). Adding a family is one
 row there. `python tests/test_families.py` prints the measured differences per family."""
 from __future__ import annotations

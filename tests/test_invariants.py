@@ -1,4 +1,4 @@
-"""DESIGN.md invariants that hold without compression: chaining, latent rollout, batched == unbatched, KV bytes,
+"""docs/design.md invariants that hold without compression: chaining, latent rollout, batched == unbatched, KV bytes,
 and the realignment matrix."""
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ import config
 import run
 import rundir
 from rundir import RunDirError, read_results
-from tests.conftest import ROOT
+from tests.conftest import ROOT, exit_2, run_argv
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -26,22 +26,11 @@ REC = [json.dumps({"index": i, "correct": i % 2 == 0}) for i in range(4)]
 
 
 def _cli(tiny_model_dir, *extra):
-    return ["--method", "latent_mas", "--model_name", str(tiny_model_dir), "--task", "gsm8k", "--max_samples", "3",
-            "--max_new_tokens", "4", "--temperature", "0", "--latent_steps", "1", "--device", "cpu", *extra]
+    return run_argv(tiny_model_dir, "--method", "latent_mas", "--device", "cpu", *extra, tokens=4, steps=1)
 
 
 def _indices(run_dir: Path) -> list[int]:
     return [r["index"] for r in read_results(run_dir / "results.jsonl")]
-
-
-def _exit_2(argv, capsys) -> str:
-    """run.main(argv) ends with exit 2 and one error line (no traceback); returns that line."""
-    with pytest.raises(SystemExit) as e:
-        run.main(argv)
-    assert e.value.code == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    return err.strip().splitlines()[-1]
 
 
 # --- one results reader ------------------------------------------------------------------------------------------
@@ -136,7 +125,7 @@ def test_a_busy_run_dir_is_refused_until_its_holder_dies(tiny_model_dir, tmp_pat
     holder = _start_holder(_cli(tiny_model_dir, "--run_dir", str(rd)), tmp_path / "busy")
     try:
         for argv in (_cli(tiny_model_dir, "--run_dir", str(rd)), ["--resume", str(rd)]):
-            line = _exit_2(argv, capsys)
+            line = exit_2(argv, capsys)
             assert f"{rd} is in use by pid {holder.pid} on " in line and "started" in line, line
     finally:
         holder.send_signal(signal.SIGKILL)
@@ -213,7 +202,7 @@ def test_a_damaged_middle_line_stops_every_reader_and_changes_nothing(how, finis
     before = {p.name: p.read_bytes() for p in rd.iterdir()}
     where = f"{rd / 'results.jsonl'}:2: damaged line"
     if how == "resume":
-        assert where in _exit_2(["--resume", str(rd)], capsys)
+        assert where in exit_2(["--resume", str(rd)], capsys)
     else:
         with pytest.raises(SystemExit) as e:
             run.main([how, str(rd), "--out", str(tmp_path / "out")])
@@ -232,7 +221,7 @@ def test_a_damaged_middle_line_stops_every_reader_and_changes_nothing(how, finis
 ])
 def test_resume_refuses_flags_that_change_results(flags, named, finished, capsys):
     before = (finished / "results.jsonl").read_bytes()
-    line = _exit_2(["--resume", str(finished), *flags], capsys)
+    line = exit_2(["--resume", str(finished), *flags], capsys)
     assert f"--resume {finished}: {named} would change the results" in line
     assert (finished / "results.jsonl").read_bytes() == before
 
@@ -254,7 +243,7 @@ def test_resume_takes_runtime_flags_and_repeated_saved_values(finished, tmp_path
     ("--kv_keep", "nan"), ("--kv_keep", "Infinity"),
 ])
 def test_non_finite_numbers_are_refused(flag, value, capsys):
-    line = _exit_2(["--method", "latent_mas", "--kv_policy", "knorm", f"{flag}={value}"], capsys)
+    line = exit_2(["--method", "latent_mas", "--kv_policy", "knorm", f"{flag}={value}"], capsys)
     assert flag in line and "not a finite number" in line
 
 
@@ -317,7 +306,7 @@ def test_bad_files_and_directories_end_in_one_line_before_the_model_loads(case, 
              "run_dir_is_a_file": ["--run_dir"], "agents_binary": ["--agents"], "agents_directory": ["--agents"],
              "run_dir_config_not_json": ["--run_dir"]}.get(case)
     try:
-        line = _exit_2([*argv, *extra, str(bad)] if extra else ["--resume", str(bad)], capsys)
+        line = exit_2([*argv, *extra, str(bad)] if extra else ["--resume", str(bad)], capsys)
     finally:
         if undo:
             undo()
@@ -326,7 +315,7 @@ def test_bad_files_and_directories_end_in_one_line_before_the_model_loads(case, 
 
 
 def test_a_failed_start_leaves_no_directory(tmp_path, capsys):
-    line = _exit_2(["--method", "baseline", "--model_name", "no-such-alias", "--output_dir", str(tmp_path)], capsys)
+    line = exit_2(["--method", "baseline", "--model_name", "no-such-alias", "--output_dir", str(tmp_path)], capsys)
     assert "unknown model" in line and not list(tmp_path.iterdir())
 
 
@@ -358,7 +347,7 @@ def _check_disk_full(rd: Path, line: str, kept: int):
 
 def test_disk_full_during_the_run_simulated(tiny_model_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(rundir, "os", _DiskFillsAfter(2))
-    line = _exit_2(_cli(tiny_model_dir, "--output_dir", str(tmp_path)), capsys)
+    line = exit_2(_cli(tiny_model_dir, "--output_dir", str(tmp_path)), capsys)
     (rd,) = tmp_path.iterdir()
     _check_disk_full(rd, line, kept=1)
     monkeypatch.undo()
@@ -399,7 +388,7 @@ def test_disk_full_during_the_run_on_a_real_small_disk(small_disk, tiny_model_di
         return [dict(r, pad="x" * 8192) for r in real(*a, **kw)]  # a record larger than any page left free
 
     monkeypatch.setattr(lm, "run_batch", filling)
-    line = _exit_2(_cli(tiny_model_dir, "--output_dir", str(small_disk / "runs")), capsys)
+    line = exit_2(_cli(tiny_model_dir, "--output_dir", str(small_disk / "runs")), capsys)
     (rd,) = (small_disk / "runs").iterdir()
     _check_disk_full(rd, line, kept=1)
     (small_disk / "filler").unlink()  # space freed: continue as the message says
@@ -410,6 +399,6 @@ def test_disk_full_during_the_run_on_a_real_small_disk(small_disk, tiny_model_di
 
 def test_a_full_disk_at_the_start_leaves_no_directory(small_disk, tiny_model_dir, capsys):
     _fill(small_disk)
-    line = _exit_2(_cli(tiny_model_dir, "--output_dir", str(small_disk / "runs")), capsys)
+    line = exit_2(_cli(tiny_model_dir, "--output_dir", str(small_disk / "runs")), capsys)
     assert "config.json (No space left on device)" in line and "start the run again" in line
     assert not list((small_disk / "runs").iterdir())

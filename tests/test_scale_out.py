@@ -14,12 +14,9 @@ import pytest
 
 import run
 from parallel import Launch
-from tests.conftest import ROOT
+from tests.conftest import ROOT, results_of, untimed
 
 # what may differ between a run and its reproduction: timings and where it lives
-NOT_COMPARED = {"time_s", "time_total_s", "time_per_sample_s", "compress_time_s", "compress_time_mean_s", "run_dir",
-                "merged_from"}
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -35,22 +32,10 @@ def _only_dir(out: Path) -> Path:
     return d
 
 
-def _records(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
-
-
-def _untimed(x):
-    if isinstance(x, dict):
-        return {k: _untimed(v) for k, v in x.items() if k not in NOT_COMPARED}
-    if isinstance(x, list):
-        return [_untimed(v) for v in x]
-    return x
-
-
 def _same_run(run_dir: Path, reference: Path):
-    assert _untimed(_records(run_dir)) == _untimed(_records(reference))
+    assert untimed(results_of(run_dir)) == untimed(results_of(reference))
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert _untimed(summary) == _untimed(json.loads((reference / "summary.json").read_text()))
+    assert untimed(summary) == untimed(json.loads((reference / "summary.json").read_text()))
     assert summary["n"] == 3 and summary["complete"]
     assert not (run_dir / "parts").exists()
 
@@ -117,7 +102,7 @@ def shards(tiny_model_dir, tmp_path_factory) -> list[Path]:
 
 
 def test_shards_merge_into_the_single_process_run(shards, reference, tmp_path, capsys):
-    assert [r["index"] for r in _records(shards[0])] == [0, 2] and [r["index"] for r in _records(shards[1])] == [1]
+    assert [r["index"] for r in results_of(shards[0])] == [0, 2] and [r["index"] for r in results_of(shards[1])] == [1]
     assert json.loads((shards[1] / "summary.json").read_text())["n_expected"] == 1
     capsys.readouterr()
     assert run.main(["merge", str(shards[1]), str(shards[0]), "--out", str(tmp_path / "merged")]) == 0
@@ -132,10 +117,10 @@ def test_shards_merge_into_the_single_process_run(shards, reference, tmp_path, c
 
 
 def test_run_dir_continues_the_same_run(shards, tiny_model_dir, capsys):
-    before = _records(shards[0])
+    before = results_of(shards[0])
     assert run.main(_flags(tiny_model_dir, "--num_shards", "2", "--shard_id", "0", "--run_dir", str(shards[0]))) == 0
     assert "(2 done, 0 to go)" in capsys.readouterr().err
-    assert _records(shards[0]) == before
+    assert results_of(shards[0]) == before
 
 
 def _copy(src: Path, dst: Path, args=None, drop_last=False, add=None) -> Path:

@@ -10,7 +10,7 @@ import pytest
 
 import run
 import sweep
-from tests.test_config import _untimed
+from tests.conftest import results_of, untimed
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -39,10 +39,6 @@ def loads(monkeypatch):
     real = models.load_model
     monkeypatch.setattr(models, "load_model", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
     return calls
-
-
-def _records(d: Path) -> list[dict]:
-    return [json.loads(line) for line in (d / "results.jsonl").read_text().splitlines()]
 
 
 # --- the file: cells, names, overrides, refusals ---------------------------------------------------------------------
@@ -134,7 +130,7 @@ def test_a_sweep_loads_the_model_once_and_writes_one_run_per_cell(tiny_model_dir
                      "gsm8k", "--max_samples", "2", "--max_new_tokens", "4", "--latent_steps", "1", "--temperature",
                      "0", "--kv_policy", "streaming", "--kv_keep", "0.5", "--output_dir", str(tmp_path / "solo")]) == 0
     (solo,) = (tmp_path / "solo").iterdir()
-    assert _untimed(_records(solo)) == _untimed(_records(tmp_path / "sw" / "streaming_k0.5"))
+    assert untimed(results_of(solo)) == untimed(results_of(tmp_path / "sw" / "streaming_k0.5"))
     cfg = json.loads((tmp_path / "sw" / "streaming_k0.5" / "config.json").read_text())
     assert cfg["config_file"] == str(f) and cfg["args"]["run_dir"] == str(tmp_path / "sw" / "streaming_k0.5")
     # a report over the sweep folder reads every cell
@@ -163,7 +159,7 @@ def test_rerunning_skips_complete_cells_and_resumes_an_interrupted_one(tiny_mode
     assert run.main(["sweep", str(f)]) == 130  # Ctrl-C in the second cell's first item
     monkeypatch.setattr(methods, "get_method", real)
     first, second = (tmp_path / "sw" / n for n in ("knn-top_k0.5", "knn-top_k0.9"))
-    assert json.loads((second / "summary.json").read_text())["complete"] is False and not _records(second)
+    assert json.loads((second / "summary.json").read_text())["complete"] is False and not results_of(second)
     capsys.readouterr()
     assert run.main(["sweep", str(f), "--dry_run"]) == 0
     out = capsys.readouterr().out
@@ -208,9 +204,9 @@ def test_fidelity_cells_share_one_reference_per_batch(tiny_model_dir, tmp_path, 
                      "0", "--kv_policy", "random", "--kv_keep", "0.5", "--fidelity", "--generate_bs", "2",
                      "--output_dir", str(tmp_path / "solo")]) == 0
     (solo,) = (tmp_path / "solo").iterdir()
-    shared = _records(tmp_path / "sw" / "random_k0.5")
+    shared = results_of(tmp_path / "sw" / "random_k0.5")
     assert refs == [2] and "fidelity" in shared[0]
-    assert _untimed(_records(solo)) == _untimed(shared)
+    assert untimed(results_of(solo)) == untimed(shared)
 
 
 def test_a_sweep_refuses_a_data_parallel_launch(tmp_path, monkeypatch, capsys):

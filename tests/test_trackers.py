@@ -16,7 +16,7 @@ import pytest
 import run
 import trackers
 from registry import TRACKERS
-from tests.conftest import ROOT
+from tests.conftest import ROOT, results_of
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TINY_RUN = ["--method", "latent_mas", "--device", "cpu", "--task", "gsm8k", "--max_samples", "3", "--max_new_tokens",
@@ -62,10 +62,6 @@ def _hparams(folder: Path) -> dict:
     return {}
 
 
-def _records(d: Path) -> list[dict]:
-    return [json.loads(line) for line in (d / "results.jsonl").read_text().splitlines()]
-
-
 def test_a_run_logs_settings_items_and_summary_to_tensorboard(tiny_model_dir, tmp_path, capsys):
     _need("tensorboard")
     assert run.main([*TINY_RUN, "--model_name", str(tiny_model_dir), "--log_with", "tensorboard", "--output_dir",
@@ -74,7 +70,7 @@ def test_a_run_logs_settings_items_and_summary_to_tensorboard(tiny_model_dir, tm
     (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     tb = run_dir / "trackers" / run_dir.name
     s = _scalars(tb)
-    recs = sorted(_records(run_dir), key=lambda r: r["index"])
+    recs = sorted(results_of(run_dir), key=lambda r: r["index"])
     assert [step for step, _ in s["item/accuracy"]] == [1, 2, 3]
     assert sorted(v for _, v in s["item/generated_tokens"]) == sorted(r["generated_tokens"] for r in recs)
     assert sorted(v for _, v in s["item/kv_bytes_judger"]) == sorted(r["agents"][-1]["kv_bytes_in"] for r in recs)
@@ -116,7 +112,7 @@ def test_a_sweep_logs_one_run_per_cell_to_tensorboard_and_trackio(tiny_model_dir
                 db.execute("select step, metrics from metrics where run_name = ? order by id", (cell,))]
         items = [(step, m) for step, m in rows if "item/accuracy" in m]
         assert [step for step, _ in items] == [1, 2]
-        recs = sorted(_records(tmp_path / "sw" / cell), key=lambda r: r["index"])
+        recs = sorted(results_of(tmp_path / "sw" / cell), key=lambda r: r["index"])
         assert sorted(m["item/kv_tokens_judger"] for _, m in items) == sorted(r["agents"][-1]["kv_tokens_in"]
                                                                               for r in recs)
         summary = json.loads((tmp_path / "sw" / cell / "summary.json").read_text())
