@@ -56,8 +56,8 @@ class CleanParser(argparse.ArgumentParser):
 def build_cli() -> CleanParser:
     p = CleanParser(prog="run.py", description="LatentMAS-KV: latent multi-agent reasoning over a shared KV cache. "
                     "Without a command name, the arguments are the run command's.",
-                    epilog="Each command's flags: python run.py COMMAND --help (the run's settings: run.py run --help, "
-                    "also in docs/flags.md).")
+                    epilog="Each command's flags: python run.py COMMAND --help. The run command's flags follow (also "
+                    "in docs/flags.md).")
     sub = p.add_subparsers(title="commands", metavar="COMMAND", dest="command", required=True)
     for c in COMMANDS:
         module = importlib.import_module(c.module)
@@ -65,15 +65,23 @@ def build_cli() -> CleanParser:
                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         getattr(module, c.add_arguments)(sp)
         sp.set_defaults(handler=getattr(module, c.run))
+        if c.name == "run":
+            p.run_parser = sp
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
+    cli = build_cli()
+    if argv in (["-h"], ["--help"]):
+        # the commands, then the default command's flags: 'run.py --help' has always listed the run's settings
+        print(cli.format_help())
+        print(cli.run_parser.format_help())
+        return 0
+    if not argv or argv[0].startswith("-"):
         argv = ["run", *argv]  # the default command
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    args = build_cli().parse_args(argv)
+    args = cli.parse_args(argv)
     args.argv = argv[1:]  # the command's arguments as typed (a report records the command that made it)
     prog = "run.py" if args.command == "run" else f"run.py {args.command}"
     previous = interrupts.install()  # SIGTERM (a SLURM time limit) stops a run as Ctrl-C does

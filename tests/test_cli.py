@@ -190,3 +190,20 @@ def test_embedded_smollm2_end_to_end_in_a_fresh_process(smol, tmp_path):
     # 30 layers x 3 KV heads x 64 dims x (K and V) x 4 bytes per cached token
     assert judger["kv_bytes_in"] == judger["kv_tokens_in"] * 30 * 3 * 64 * 2 * 4
     assert judger["kv_tokens_in"] == sum(a["prompt_tokens"] + a["latent_steps"] for a in rec["agents"][:3])
+
+
+def test_top_level_help_lists_commands_then_the_run_flags(capsys):
+    """`run.py --help` names every command and still shows the default command's flags and task choices (scripts and
+    users read the run's settings there); a command's own --help shows only its flags."""
+    assert run.main(["--help"]) == 0
+    text = capsys.readouterr().out
+    for c in run.COMMANDS:
+        assert c.name in text
+    for flag in ("--method", "--task", "--latent_steps", "--resume", "--kv_policy"):
+        assert flag in text
+    assert all(task in text for task in registry.TASKS)
+    with pytest.raises(SystemExit) as e:
+        run.main(["sweep", "--help"])
+    assert e.value.code == 0
+    sweep_help = capsys.readouterr().out
+    assert "--dry_run" in sweep_help and "--resume" not in sweep_help and "--run_dir" not in sweep_help
