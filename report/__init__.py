@@ -13,8 +13,9 @@ expanded to them. Written to --out (default reports/<timestamp>): report.md, rep
 Runs of one setting that differ only in seed are summarised together (mean, sd, min-max, t-interval over seeds), and
 each run is compared with a reference run over the same items (paired bootstrap interval, exact McNemar test; see
 stats.py and `pair_rows`).
-Runs are grouped by model, task and data source. Accuracies of different groups are never drawn on one axis: every
-plot has one panel per group, and the report names the groups and says that they are not comparable.
+Runs are grouped by team composition (the model, or each model with its agents), task and data source. Accuracies of
+different groups are never drawn on one axis: every plot has one panel per group, and the report names the groups
+and says that they are not comparable.
 A run whose settings match a published number (config/paper/published.yaml, `--published FILE`) gets it in the Runs
 table's "paper" column (`published_for`).
 

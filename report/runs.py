@@ -1,5 +1,6 @@
 """Reading and grouping runs for a report: each run typed from rundir.read_run (its summary, records and its
-RunConfig), groups by model, task and data source, short labels, compression series, and what else varies."""
+RunConfig), groups by team composition (the model, or each model with its agents), task and data source, short
+labels, compression series, and what else varies."""
 from __future__ import annotations
 
 import json
@@ -16,7 +17,7 @@ from rundir import RunDirError, SavedRun, is_run, read_run
 # compression settings other than the keep ratio, and their defaults (a line label names only what differs)
 SERIES_DEFAULTS = series_defaults()
 # settings that change results but not what is measured: runs of one group that differ in them are flagged
-WITHIN_GROUP = ("n", "seed", "temperature", "max_new_tokens", "prompt", "agents", "dtype", "split")
+WITHIN_GROUP = ("n", "seed", "temperature", "max_new_tokens", "prompt", "agents", "dtype", "split", "cross_model")
 
 
 class ReportError(RunError):
@@ -59,11 +60,21 @@ class Run:
         return self.summary.get("compression")
 
     @property
+    def composition(self) -> str:
+        """The team's composition: the model alone when one model ran every agent (a baseline, a one-model team),
+        else each model with its agents (summary.json's "models"; runs written before it: the run's model)."""
+        models = self.summary.get("models") or {}
+        if len(models) > 1:
+            return " + ".join(f"{m} ({', '.join(map(str, v.get('agents', [])))})" for m, v in models.items())
+        return str(next(iter(models), None) or self.summary.get("model"))
+
+    @property
     def group_key(self) -> tuple[str, str, str]:
+        """Runs of one group are compared: one team composition, task and data source."""
         source = self.summary.get("data_source") or self.saved.config.get("data", {}).get("source") or "?"
         if source == "file":
             source += f":{self.setting('data_path')}"
-        return str(self.summary.get("model")), str(self.summary.get("task")), source
+        return self.composition, str(self.summary.get("task")), source
 
     def setting(self, key: str):
         """A setting as the run had it: the summary's value, else the typed configuration's (None if neither)."""
@@ -151,13 +162,16 @@ def base_label(r: Run) -> str:
         parts.append(str(r.get("prompt")))
     if r.method == "latent_mas":
         parts.append(f"m{r.get('latent_steps')}")
+        if r.setting("cross_model") == "latent-map":  # a team of several models handing latents through the map
+            parts.append("latent-map")
         if r.compression:
             parts.append(_compression_text(r.compression))
     return " ".join(parts)
 
 
 def label_runs(runs: list[Run]) -> None:
-    """Short labels: method, topology if not sequential, latent steps, compression; made unique within a list."""
+    """Short labels: method, topology if not sequential, latent steps, latent-map, compression; made unique within a
+    list."""
     for r in runs:
         r.label = base_label(r)
     seen = defaultdict(list)

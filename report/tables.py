@@ -215,9 +215,9 @@ def notes(groups: list[tuple[str, list[Run]]]) -> list[str]:
     """Groups that are not comparable, settings that vary within a group, partial runs, the data's notes."""
     out = []
     if len(groups) > 1:
-        out.append(f"**Not comparable:** these runs differ in model, task or data source and form {len(groups)} "
-                   "groups. Their accuracies are never drawn on one axis (one panel per group) and should not be "
-                   "compared across groups.")
+        out.append(f"**Not comparable:** these runs differ in model (team composition), task or data source and "
+                   f"form {len(groups)} groups. Their accuracies are never drawn on one axis (one panel per group) "
+                   "and should not be compared across groups.")
     for name, rs in groups:
         diff = within_group_differences(rs)
         if diff:

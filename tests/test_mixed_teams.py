@@ -349,3 +349,40 @@ def test_the_team_bench_runs_every_configuration(dirs, tmp_path, monkeypatch):
     one, two = [dirs["a"]], [dirs["a"], dirs["b"]]
     assert [list(r["models"]) for r in runs] == [one, two, two, one, two]
     assert [a["model"] for a in runs[2]["agents"]] == [dirs["a"]] * 3 + [dirs["b"]]
+
+
+def test_the_report_groups_runs_by_team_composition(tmp_path):
+    import json
+
+    from report.runs import find_runs, group_runs
+    from tests.test_report import make_run
+
+    runs = tmp_path / "runs"
+    for name, method, models in (("base", "baseline", None), ("one", "latent_mas", None),
+                                 ("named", "latent_mas", {"smollm2-135m": ["Planner", "Judger"]}),
+                                 ("mixed", "latent_mas", {"smollm2-135m": ["Planner"], "/m/tiny": ["Judger"]}),
+                                 ("mixed-text", "text_mas", {"smollm2-135m": ["Planner"], "/m/tiny": ["Judger"]})):
+        d = make_run(runs, name, method=method)
+        if models:
+            summary = json.loads((d / "summary.json").read_text())
+            summary["models"] = {m: {"agents": a, "time_s": 1.0, "kv_bytes_max_mean": 1.0, "kv_tokens_max_mean": 1.0}
+                                 for m, a in models.items()}
+            (d / "summary.json").write_text(json.dumps(summary))
+    groups = group_runs(find_runs([str(runs)]))
+    assert {k[0]: sorted(r.path.name for r in rs) for k, rs in groups.items()} == {
+        "smollm2-135m": ["base", "named", "one"],
+        "smollm2-135m (Planner) + /m/tiny (Judger)": ["mixed", "mixed-text"]}
+
+
+def test_the_report_tells_latent_map_runs_apart(tmp_path):
+    from report.runs import find_runs, label_runs
+    from report.tables import cell_key
+    from tests.test_report import make_run
+
+    runs = tmp_path / "runs"
+    make_run(runs, "text")
+    make_run(runs, "map", cross_model="latent-map")
+    found = sorted(find_runs([str(runs)]), key=lambda r: r.path.name)
+    label_runs(found)
+    assert [r.label for r in found] == ["latent_mas m10 latent-map", "latent_mas m10"]
+    assert cell_key(found[0]) != cell_key(found[1])  # two settings, not two seeds of one
