@@ -21,7 +21,7 @@ from config import ConfigError, Invocation, RunConfig, check, new_run, normalize
 from errors import RunError
 from parallel import Launch
 from registry import TASKS
-from rundir import RunDir, RunDirError, read_config, summarize, to_json
+from rundir import RunDir, RunDirError, collect, read_config, summarize, to_json
 from utils import environment, set_seed
 
 
@@ -320,6 +320,11 @@ def loop(opened: list[OpenRun], shared: SharedReference | None = None) -> bool:
                 if single:
                     bar.set_postfix(acc=f"{sum(bool(r['correct']) for r in o.done.values()) / len(o.done):.3f}")
     except KeyboardInterrupt:
+        for each in opened:  # a stop between a record's write and its bookkeeping: the files are the truth
+            try:
+                each.done.update(collect(each.run_dir.path))
+            except RunDirError:
+                pass  # a damaged file: the next resume names it
         return True
     except BaseException as e:
         for each in opened:  # these runs cannot finish now
