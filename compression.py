@@ -20,6 +20,7 @@ import architecture
 from config import CompressionConfig
 from errors import RunError
 from kv_state import LATENT, KVState, extend, rollback, select
+from kvquant import BITS
 from registry import POLICIES, POSITIONS, QUERIES, SCOPES
 
 __all__ = ["POLICIES", "QUERIES", "CompressionError", "Compressor", "HandOff", "compressor_from_args",
@@ -93,7 +94,8 @@ def _prompt_attention(model, state: KVState, enc, last: int | None = None) -> li
         _, w = eager(module, q[:, :, n - lq:], k, v, mask[:, :, n - lq:], *args, **kwargs)
         b, hq = w.shape[:2]
         hk = k.shape[1]
-        w = w[..., :past_len].float() * real_q.to(w.device)[:, None, :, None]
+        held = k.shape[2] - n  # after layer selection a layer holds only its last `held` cached columns
+        w = F.pad(w[..., :held].float(), (past_len - held, 0)) * real_q.to(w.device)[:, None, :, None]
         out[module.layer_idx] = w.view(b, hk, hq // hk, lq, past_len).sum(dim=2)  # (B, H_kv, Lq, T)
 
     with rollback(state), architecture.attention(model, capture=capture):
@@ -230,6 +232,46 @@ class LatentsOnly:
         return h.state.pos.float() + (h.state.kinds == LATENT).float() * 2.0 ** 22
 
 
+@policy("kvcomm")
+@dataclass
+class KVComm:
+    """KVComm (Shi et al., ICLR 2026, arXiv 2510.03346): the next agent sees the earlier agents' entries only in the
+    selected layers. A layer's importance is the attention mass the next prompt's real queries put on the cached
+    entries, the row's first entry (the attention sink) left out, averaged over query heads and queries; importances
+    are min-max normalised over layers and mixed with a min-max normalised Gaussian prior over depth,
+    alpha * importance + (1 - alpha) * prior, centred at mu * (layers - 1) with width sigma layers; the top
+    ceil(share * layers) layers (at least one) are kept, per row. Defaults (alpha 1, mu 0.5, sigma 10) are those
+    of the authors' public configuration."""
+
+    alpha: float = 1.0
+    mu: float = 0.5
+    sigma: float = 10.0
+
+    def layer_scores(self, h: HandOff) -> torch.Tensor:
+        """(L, B): how much each layer's cached entries matter to the next prompt, prior included."""
+        att = h.attention()
+        mask = h.state.mask == 1
+        cols = mask.clone()
+        cols[torch.arange(mask.shape[0], device=mask.device), mask.long().argmax(dim=1)] = False  # the sink
+        n_q = h.next_prompt.mask.sum(dim=1).clamp_min(1).to(h.device).float()
+        n_heads = architecture.describe(h.model).n_heads
+        imp = torch.stack([(a.sum(dim=(1, 2)).to(h.device) * cols).sum(dim=-1) / (n_heads * n_q) for a in att])
+        depth = torch.arange(imp.shape[0], dtype=torch.float32, device=h.device)
+        prior = torch.exp(-0.5 * ((depth - self.mu * (imp.shape[0] - 1)) / self.sigma) ** 2)
+        return self.alpha * _minmax(imp) + (1 - self.alpha) * _minmax(prior[:, None]).expand_as(imp)
+
+
+def _minmax(x: torch.Tensor, eps: float = 1e-9) -> torch.Tensor:
+    """Scale each column of (L, B) to [0, 1] over L; a flat column becomes zeros (as the authors' code does)."""
+    lo, hi = x.min(dim=0, keepdim=True).values, x.max(dim=0, keepdim=True).values
+    return torch.where(hi - lo < eps, torch.zeros_like(x), (x - lo) / (hi - lo + eps))
+
+
+def layer_count(share: float, n_layers: int) -> int:
+    """Layers layer selection keeps: ceil(share * layers), at least one (the authors' rounding)."""
+    return max(1, math.ceil(share * n_layers - 1e-9))
+
+
 def make_policy(name: str, query: str = "embed-mean"):
     """The policy object of a registry.POLICIES row: its class here (CLASSES), its fixed arguments, and the query if it
     reads one (a policy that takes none ignores --kv_query; the CLI refuses the pair)."""
@@ -241,23 +283,35 @@ def make_policy(name: str, query: str = "embed-mean"):
 # --- the shared mechanism ------------------------------------------------------------------------------------------
 
 class Compressor:
-    """The run's compression settings (config.CompressionConfig, read by their own names) applied at hand-offs."""
+    """The run's compression settings (config.CompressionConfig, read by their own names) applied at hand-offs, in
+    one order: token eviction (a token policy keeps kv_keep of each row's entries), then layer selection (KVComm: the
+    earlier entries stay only in kv_layers of the layers; --kv_policy kvcomm alone uses kv_keep as that share), then
+    quantization (kv_quant: every entry handed on is held as int8/int4 codes; entries written after the hand-off
+    stay in the model's precision). kv_policy "none" with a kv_quant leaves only quantization."""
 
     def __init__(self, settings: CompressionConfig):
         c = self.settings = settings
-        if c.kv_policy not in POLICIES:
+        if c.kv_policy != "none" and c.kv_policy not in POLICIES:
             raise CompressionError(f"unknown policy {c.kv_policy!r}; choose from {', '.join(POLICIES)}")
-        if not 0 < c.kv_keep <= 1:
-            raise CompressionError(f"keep ratio {c.kv_keep} is outside (0, 1]")
+        if not 0 < c.kv_keep <= 1 or not 0 < c.kv_layers <= 1:
+            raise CompressionError(f"keep ratio {c.kv_keep if not 0 < c.kv_keep <= 1 else c.kv_layers} is outside "
+                                   "(0, 1]")
         if c.kv_scope not in SCOPES or c.kv_positions not in POSITIONS:
             raise CompressionError(f"scope {c.kv_scope!r} / positions {c.kv_positions!r}: choose from "
                                    f"{', '.join(SCOPES)} / {', '.join(POSITIONS)}")
-        self.policy = make_policy(c.kv_policy, c.kv_query)
+        if c.kv_quant != "none" and c.kv_quant not in BITS:
+            raise CompressionError(f"unknown quantization {c.kv_quant!r}; choose from none, {', '.join(BITS)}")
+        layer_policy = c.kv_policy != "none" and POLICIES[c.kv_policy].kind == "layers"
+        self.policy = None if c.kv_policy == "none" or layer_policy else make_policy(c.kv_policy, c.kv_query)
+        self.layer_share = c.kv_keep if layer_policy else c.kv_layers
+        self.selector = KVComm(c.kvcomm_alpha, c.kvcomm_mu, c.kvcomm_sigma)
 
     @property
     def needs(self) -> tuple[str, ...]:
         """What scoring needs from the model (keys of registry.NEEDS), e.g. "attention" (a scoring pass)."""
-        return POLICIES[self.settings.kv_policy].requirements(self.settings.kv_query)
+        c = self.settings
+        own = POLICIES[c.kv_policy].requirements(c.kv_query) if c.kv_policy != "none" else ()
+        return tuple(dict.fromkeys(own + (("attention",) if self.layer_share < 1 else ())))
 
     def check(self, model) -> None:
         """Fail before the run if this model cannot give what the policy needs."""
@@ -300,12 +354,37 @@ class Compressor:
     @torch.no_grad()
     def __call__(self, wrapper, state: KVState, next_prompt,
                  generators: list[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Compress `state` in place; returns the token selection (for observers) or None when no entry went."""
         if state.length == 0:
-            return
+            return None
+        kept = self.evict(wrapper, state, next_prompt, generators) if self.policy is not None else None
+        if self.layer_share < 1:
+            self.select_layers(wrapper, state, next_prompt, generators)
+        if self.settings.kv_quant != "none":
+            state.quantize(BITS[self.settings.kv_quant], self.settings.kv_quant_group)
+        return kept
+
+    @torch.no_grad()
+    def select_layers(self, wrapper, state: KVState, next_prompt, generators) -> torch.Tensor | None:
+        """Layer selection: per row, the top layers by KVComm's score keep the earlier entries. Returns (L, B) kept."""
+        n_layers = len(state.layer_tensors())
+        n_keep = layer_count(self.layer_share, n_layers)
+        if n_keep >= n_layers:
+            return None
+        s = self.selector.layer_scores(HandOff(wrapper, state, next_prompt, self.settings.kv_scope, generators))
+        top = s.argsort(dim=0, descending=True, stable=True)[:n_keep]  # ties: the shallower layer
+        keep = torch.zeros_like(s, dtype=torch.bool).scatter(0, top, True)
+        state.drop_layers(keep)
+        return keep
+
+    @torch.no_grad()
+    def evict(self, wrapper, state: KVState, next_prompt,
+              generators: list[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Token eviction: each row keeps its budget of entries by the policy's scores."""
         prot = self.protected(state)
         budget = torch.maximum(self.budgets(state), prot[0, :, 0, :].sum(dim=1))
         if bool((budget == state.mask.sum(dim=1)).all()):
-            return  # keeping everything: leave the cache untouched, bit for bit
+            return None  # keeping everything: leave the cache untouched, bit for bit
         s = self.scores(wrapper, state, next_prompt, generators).masked_fill(prot, math.inf)
         k = int(budget.max())
         # a stable sort breaks ties (max-pooled scores have plateaus) by cache order, which padding does not change
@@ -320,5 +399,5 @@ class Compressor:
 
 
 def compressor_from_args(settings: CompressionConfig) -> Compressor | None:
-    """The run's compressor, or None without a policy."""
-    return None if settings.kv_policy == "none" else Compressor(settings)
+    """The run's compressor, or None without a policy and without quantization."""
+    return None if settings.kv_policy == "none" and settings.kv_quant == "none" else Compressor(settings)

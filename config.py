@@ -36,7 +36,9 @@ from registry import (
     METHODS,
     POLICIES,
     POSITIONS,
+    QUANTS,
     QUERIES,
+    REALIGNS,
     SCOPES,
     TASKS,
     TOPOLOGIES,
@@ -156,7 +158,10 @@ class LatentConfig:
     latent_steps: int = setting(10, "latent steps per non-final agent (latent_mas); 0 still hands the prompts' cache "
                                 "on", parse=_bounded(int, 0, 4096))
     latent_space_realign: bool = setting(False, "map hidden states to input-embedding space by ridge least squares "
-                                         "(else: norm rescale only)")
+                                         "(LatentMAS; the same as --realign ridge)")
+    realign: str = setting("norm", "how a latent step maps the last hidden state to the input-embedding space: "
+                           "norm rescale only, ridge (LatentMAS), statebridge (whitening + orthogonal Procrustes, "
+                           "computed once per model)", choices=tuple(REALIGNS))
     think: str | None = setting(None, "append this text to every latent_mas agent's rendered prompt, the last "
                                 "agent's included (alone: '<think>', as the public LatentMAS code; its Science "
                                 "branch used '<think>\\n')", const=THINK_DEFAULT, metavar="TEXT")
@@ -172,8 +177,9 @@ class LatentConfig:
 @dataclass
 class CompressionConfig:
     TITLE: ClassVar[str] = "KV-cache compression at hand-offs (latent_mas)"
-    kv_policy: str = setting("none", "how to score cache entries", choices=("none", *POLICIES))
-    kv_keep: float = setting(0.8, "share of the cache kept at each compression, in (0, 1]",
+    kv_policy: str = setting("none", "how to score cache entries (kvcomm: keep layers instead)",
+                             choices=("none", *POLICIES))
+    kv_keep: float = setting(0.8, "share of the cache kept at each compression, in (0, 1] (kvcomm: share of layers)",
                              parse=_bounded(float, 0, 1, lo_open=True), aliases=("--knn_percentage",))
     kv_min_keep: int = setting(5, "the most recent N entries are always kept", parse=_bounded(int, lo=0),
                                aliases=("--knn_min_keep",))
@@ -186,6 +192,20 @@ class CompressionConfig:
                                 "re-rotate kept keys to contiguous positions, or shift (the seed's defect: continue at "
                                 "the pruned length with stale key phases; only to reproduce its numbers)",
                                 choices=POSITIONS)
+    kv_layers: float = setting(1.0, "KVComm layer selection after token eviction: share of layers in which the earlier "
+                               "agents' entries stay, in (0, 1]; 1 keeps every layer",
+                               parse=_bounded(float, 0, 1, lo_open=True))
+    kvcomm_alpha: float = setting(1.0, "KVComm: weight of attention importance vs the Gaussian prior over depth",
+                                  parse=_bounded(float, 0, 1))
+    kvcomm_mu: float = setting(0.5, "KVComm: centre of the depth prior, as a share of the layers",
+                               parse=_bounded(float, 0, 1))
+    kvcomm_sigma: float = setting(10.0, "KVComm: width of the depth prior, in layers",
+                                  parse=_bounded(float, 0, lo_open=True))
+    kv_quant: str = setting("none", "hold the entries handed on at each compression as integer codes (KIVI-style: "
+                            "keys per channel, values per token); later entries stay in the model's precision",
+                            choices=tuple(QUANTS))
+    kv_quant_group: int = setting(32, "--kv_quant group: real entries per key scale, channels per value scale",
+                                  parse=_bounded(int, lo=2))
     compress_at: str = setting("every", "compress before every non-first agent (seed, compounding) or once before the "
                                "judger", choices=("every", "judger"))
     knn_filter: bool = setting(False, "the seed's switch: --kv_policy knn-<--knn_strategy>", summary=False)
@@ -354,7 +374,11 @@ class RunConfig:
             parts.append(f"m{self.latent.latent_steps}")
         c = self.compression
         parts.append(f"{c.kv_policy}-{keep_text(c.kv_keep)}-{c.kv_scope}-{c.kv_positions}" if c.kv_policy != "none"
-                     else "nocomp")
+                     else "nocomp" if c.kv_quant == "none" else "fullkv")
+        if c.kv_layers < 1:
+            parts.append(f"layers{c.kv_layers:g}")
+        if c.kv_quant != "none":
+            parts.append(f"{c.kv_quant}g{c.kv_quant_group}")
         if self.data.num_shards > 1:
             parts.append(f"shard{self.data.shard_id}of{self.data.num_shards}")
         parts.append(datetime.now().strftime("%Y%m%d-%H%M%S"))
@@ -362,7 +386,7 @@ class RunConfig:
 
     def compression_settings(self) -> dict | None:
         """The summary's `compression`: None without a policy, else the compression fields marked summary."""
-        if self.compression.kv_policy == "none":
+        if self.compression.kv_policy == "none" and self.compression.kv_quant == "none":
             return None
         return {f.name: getattr(self.compression, f.name) for f in fields(CompressionConfig) if f.metadata["summary"]}
 
@@ -614,6 +638,11 @@ def normalize(cfg: RunConfig) -> None:
     cfg.data.data_source, problem = resolve_source(cfg.data.data_source, cfg.data.data_path)
     if problem:
         raise ConfigError(problem)
+    lat = cfg.latent
+    if lat.latent_space_realign:
+        if lat.realign not in ("norm", "ridge"):
+            raise ConfigError(f"--latent_space_realign means --realign ridge, not {lat.realign}; give one of them")
+        lat.realign = "ridge"
     if cfg.team.agents and ("{" in cfg.team.agents):
         cfg.team.agents = agents_path(cfg.team.agents, cfg.team.prompt if cfg.method != "baseline" else "baseline",
                                       cfg.data.task)
@@ -650,20 +679,37 @@ def check(cfg: RunConfig, given: dict) -> list[str]:
                 raise ConfigError(f"--{name} works on the shared cache of --method latent_mas, not {m}")
         if cfg.team.first_agent_text:
             raise ConfigError("--first_agent_text applies to --method latent_mas (text_mas agents always write)")
-        for name in ("think", "latent_space_realign", "include_old_prompts", "handoff", "zero_steps_judger"):
+        for name in ("think", "latent_space_realign", "realign", "include_old_prompts", "handoff",
+                     "zero_steps_judger"):
             if given_(name):
                 raise ConfigError(f"--{name} does nothing for --method {m}: it applies to latent_mas; drop it")
     problem = query_problem(c.kv_policy, c.kv_query)
     if problem:
         raise ConfigError(problem)
     knobs = [f"--{n}" for n in ("kv_keep", "kv_min_keep", "kv_scope", "kv_query", "kv_protect", "kv_positions",
-                                "compress_at") if given_(n)]
+                                "kv_layers") if given_(n)]
     if c.kv_policy == "none" and cfg.latent.handoff != "all" and knobs == ["--kv_positions"]:
         knobs = []  # the hand-off cut drops entries too: --kv_positions says where the next agent continues
     if c.kv_policy == "none" and knobs:
         one = len(knobs) == 1
         raise ConfigError(f"{', '.join(knobs)} {'does' if one else 'do'} nothing without a policy: give --kv_policy "
                           f"(or --knn_filter), or drop {'it' if one else 'them'}")
+    if c.kv_policy == "none" and c.kv_quant == "none" and given_("compress_at"):
+        raise ConfigError("--compress_at does nothing without a policy or --kv_quant: give one, or drop it")
+    if given_("kv_quant_group") and c.kv_quant == "none":
+        raise ConfigError("--kv_quant_group does nothing without --kv_quant int8 / int4: give it, or drop the group")
+    kvcomm = c.kv_policy == "kvcomm" or c.kv_layers < 1
+    extra = [f"--{n}" for n in ("kvcomm_alpha", "kvcomm_mu", "kvcomm_sigma") if given_(n)]
+    if extra and not kvcomm:
+        raise ConfigError(f"{', '.join(extra)}: KVComm's settings need layer selection (--kv_policy kvcomm, or "
+                          "--kv_layers below 1 with a token policy)")
+    if c.kv_policy == "kvcomm":
+        useless = [f"--{n}" for n in ("kv_scope", "kv_min_keep", "kv_protect", "kv_positions", "kv_layers")
+                   if given_(n)]
+        if useless:
+            raise ConfigError(f"{', '.join(useless)} do(es) nothing with --kv_policy kvcomm (it keeps every entry in "
+                              "the selected layers; --kv_keep is their share): drop it, or give a token policy with "
+                              "--kv_layers")
     if given_("knn_strategy") and not c.knn_filter:
         raise ConfigError("--knn_strategy goes with --knn_filter (the seed's switch): give both, or --kv_policy")
     if cfg.output.log_with:

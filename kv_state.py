@@ -21,6 +21,7 @@ import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 import architecture
+from kvquant import Quantized, quantize
 from registry import POSITIONS
 
 PAD, PROMPT, LATENT, TEXT = 0, 1, 2, 3
@@ -30,7 +31,11 @@ class KVLayer(CacheLayerMixin):
     """One attention layer's keys and values, whatever the layer's kind: never trimmed, never windowed (what a
     query may see is the state's masks' business). Stored in buffers (B, H, capacity, d) sized ahead (the state's
     plan) and written in place, so appending a token does not copy the cache; the model gets views of the filled
-    part."""
+    part.
+
+    A hand-off may make a layer hold less than the state's columns: `offset` columns at the start that layer
+    selection dropped from it (freed), then `quant`, columns held as integer codes (kvquant.Quantized) that are
+    dequantized for every attention call, then the columns in the model's precision (the buffers)."""
 
     is_sliding = False
     is_compileable = False
@@ -38,61 +43,132 @@ class KVLayer(CacheLayerMixin):
 
     def __init__(self, capacity: int = 0, **kwargs):
         self._k = self._v = None
-        self.length = 0
+        self.length = 0  # columns in the buffers
         self.capacity = capacity  # columns the first buffers get: the state's plan, when it has one
+        self.offset = 0
+        self.quant: Quantized | None = None
         self.is_initialized = False
 
     @property
+    def held(self) -> int:
+        """Columns this layer holds (quantized or not): the state's columns from `offset` on."""
+        return self.length + (self.quant.length if self.quant is not None else 0)
+
+    @property
     def keys(self) -> torch.Tensor | None:
-        return None if self._k is None else self._k[:, :, : self.length]
+        if self._k is None and self.quant is None:
+            return None
+        fp = self._k[:, :, : self.length] if self._k is not None else None
+        if self.quant is None:
+            return fp
+        k = self.quant.dequantize()[0]
+        return k if fp is None else torch.cat([k, fp], dim=2)
 
     @property
     def values(self) -> torch.Tensor | None:
-        return None if self._v is None else self._v[:, :, : self.length]
+        if self._v is None and self.quant is None:
+            return None
+        fp = self._v[:, :, : self.length] if self._v is not None else None
+        if self.quant is None:
+            return fp
+        v = self.quant.dequantize()[1]
+        return v if fp is None else torch.cat([v, fp], dim=2)
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         self.device = key_states.device
         self.is_initialized = True
 
     def replace(self, keys: torch.Tensor, values: torch.Tensor, headroom: int = 0) -> None:
-        """Hold exactly `keys`/`values` (B, H, T, d) from now on, in new buffers with room for `headroom` more
-        columns (the old buffers are released: pruning frees memory)."""
+        """Hold exactly `keys`/`values` (B, H, T, d) in the model's precision from now on (after `offset` columns;
+        nothing quantized), in new buffers with room for `headroom` more columns (the old buffers are released:
+        pruning frees memory)."""
         b, h, t, _ = keys.shape
         self._k = keys.new_empty(b, h, t + headroom, keys.shape[-1])
         self._v = values.new_empty(b, h, t + headroom, values.shape[-1])
         self._k[:, :, :t].copy_(keys)
         self._v[:, :, :t].copy_(values)
-        self.length = t
+        self.length, self.quant = t, None
         self.device, self.is_initialized = keys.device, True
 
     def reserve(self, columns: int) -> None:
-        """Make room for `columns` columns in all (one copy now instead of several later)."""
-        if self._k is not None and columns > self._k.shape[2]:
-            self.replace(self.keys, self.values, headroom=columns - self.length)
+        """Make room for the state's columns up to `columns` (one copy now instead of several later)."""
+        need = columns - self.offset - self.held + self.length
+        if self._k is not None and need > self._k.shape[2]:
+            fp_k, fp_v = self._k[:, :, : self.length], self._v[:, :, : self.length]
+            quant = self.quant
+            self.replace(fp_k, fp_v, headroom=need - self.length)
+            self.quant = quant
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         new = key_states.shape[-2]
         need = self.length + new
         if self._k is None:
+            quant = self.quant
             self.replace(key_states[:, :, :0], value_states[:, :, :0], headroom=max(need, self.capacity))
+            self.quant = quant
         elif need > self._k.shape[2]:  # an append nobody planned for: grow by a quarter
-            self.replace(self.keys, self.values, headroom=need - self.length + max(need // 4, 64))
+            quant = self.quant
+            self.replace(self._k[:, :, : self.length], self._v[:, :, : self.length],
+                         headroom=need - self.length + max(need // 4, 64))
+            self.quant = quant
         self._k[:, :, self.length: self.length + new].copy_(key_states)
         self._v[:, :, self.length: self.length + new].copy_(value_states)
         self.length += new
         return self.keys, self.values
 
+    def quantize(self, real: torch.Tensor, bits: int, group: int) -> None:
+        """Hold every column this layer has now as codes (`real` (B, 1 or H, held) marks the entries that form key
+        groups); columns appended later stay in the model's precision."""
+        keys, values = self.keys, self.values
+        room = self._k.shape[2] - self.length if self._k is not None else 0
+        self.replace(keys[:, :, :0], values[:, :, :0], headroom=room)
+        self.quant = quantize(keys, values, real, bits, group)
+
+    def materialize(self) -> None:
+        """Back to the model's precision (the dequantized values), keeping the room planned for appends."""
+        if self.quant is not None:
+            room = self._k.shape[2] - self.length if self._k is not None else 0
+            self.replace(self.keys, self.values, headroom=room)
+
+    def drop_front(self, columns: int, headroom: int) -> None:
+        """Free the first `columns` held columns (layer selection): `offset` grows by as much."""
+        if columns <= 0:
+            return
+        self.materialize()
+        self.replace(self._k[:, :, columns: self.length], self._v[:, :, columns: self.length], headroom=headroom)
+        self.offset += columns
+
+    def truncate(self, state_length: int) -> None:
+        """Forget the columns at and after `state_length` (only ever columns appended in the model's precision)."""
+        quantized = self.quant.length if self.quant is not None else 0
+        self.length = max(min(self.length, state_length - self.offset - quantized), 0)
+
+    def nbytes(self) -> int:
+        """Bytes of what this layer holds: its filled columns, codes and scales included."""
+        fp = 0 if self._k is None else self.length * (self._k[:, :, :1].nbytes + self._v[:, :, :1].nbytes)
+        return fp + (self.quant.nbytes if self.quant is not None else 0)
+
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-        return self.length + query_length, 0
+        return self.held + query_length, 0
 
     def get_seq_length(self) -> int:
-        return self.length
+        return self.held
 
     def get_max_length(self) -> int:
         return -1
 
     def reserved_nbytes(self) -> int:
-        return 0 if self._k is None else self._k.nbytes + self._v.nbytes
+        fp = 0 if self._k is None else self._k.nbytes + self._v.nbytes
+        return fp + (self.quant.nbytes if self.quant is not None else 0)
+
+    def copy(self) -> KVLayer:
+        """An independent copy with the same structure (offset, codes, room)."""
+        other = KVLayer(self.capacity)
+        if self._k is not None:
+            other.replace(self._k[:, :, : self.length], self._v[:, :, : self.length],
+                          headroom=self._k.shape[2] - self.length)
+        other.offset, other.quant = self.offset, self.quant
+        return other
 
 
 def _cache(pairs: list[tuple[torch.Tensor, torch.Tensor]] | None = None, capacity: int = 0) -> Cache:
@@ -112,6 +188,8 @@ class KVState:
     pos: torch.Tensor
     kinds: torch.Tensor
     plan: int = 0  # columns the cache is expected to reach (reserve): buffers are sized for it once
+    # (L', B, H', T) which entries each layer (and KV head) still sees, after layer selection; None: all of `mask`
+    vis: torch.Tensor | None = None
 
     @classmethod
     def empty(cls, batch_size: int, device: torch.device | str) -> KVState:
@@ -135,44 +213,79 @@ class KVState:
         return self.mask.shape[1]
 
     def valid_tokens(self) -> list[int]:
-        """Real (non-padding) entries per row."""
+        """Real (non-padding) entries per row (held by at least one layer)."""
         return self.mask.sum(dim=1).tolist()
 
     def _layers(self) -> list[KVLayer]:
         if self.cache is None:
             return []
-        return [layer for layer in self.cache.layers if layer.keys is not None]
+        return [layer for layer in self.cache.layers if layer._k is not None or layer.quant is not None]
+
+    @property
+    def reshaped(self) -> bool:
+        """Whether a hand-off made layers differ: some layer sees or holds fewer columns, or holds codes."""
+        return self.vis is not None or any(ly.offset or ly.quant is not None for ly in self._layers())
 
     def nbytes(self) -> int:
-        """Bytes of every key and value the cache holds (its filled columns; `reserved_nbytes` adds the headroom)."""
-        return sum(layer.keys.nbytes + layer.values.nbytes for layer in self._layers())
+        """Bytes of every key and value the cache holds (its filled columns, codes and scales of quantized ones;
+        `reserved_nbytes` adds the headroom)."""
+        return sum(layer.nbytes() for layer in self._layers())
 
     def reserved_nbytes(self) -> int:
         """Bytes the cache's buffers occupy, headroom for appending included."""
         return sum(layer.reserved_nbytes() for layer in self._layers())
 
-    def row_nbytes(self) -> list[int]:
-        """Each row's share of `nbytes()`: its real entries times the bytes one cache column holds per row.
+    def _layer_seen(self, li: int) -> torch.Tensor:
+        """(B, T) bool: the entries layer `li` holds for each row and some KV head sees."""
+        seen = self.mask == 1
+        if self.vis is not None:
+            seen = seen & self.vis[li if self.vis.shape[0] > 1 else 0].bool().any(dim=1)
+        return seen
 
-        With batch size 1 this equals `nbytes()` exactly; in a padded batch the padding columns are nobody's share.
+    def row_nbytes(self) -> list[int]:
+        """Each row's share of `nbytes()`: per layer, the row's entries there times the bytes one held column costs
+        per row (a quantized column its codes and its share of the scales).
+
+        With batch size 1 this equals `nbytes()` exactly; in a padded batch the padding columns, and columns a layer
+        holds only because another row still sees them, are nobody's share.
         """
-        if self.length == 0 or not self._layers():
+        layers = self._layers()
+        if self.length == 0 or not layers:
             return [0] * self.batch_size
-        per_entry = self.nbytes() // (self.batch_size * self.length)
-        return [n * per_entry for n in self.valid_tokens()]
+        out = torch.zeros(self.batch_size, dtype=torch.long)
+        b = self.batch_size
+        for li, layer in enumerate(layers):
+            seen = self._layer_seen(li)[:, layer.offset:].cpu()
+            q = layer.quant.length if layer.quant is not None else 0
+            if q:
+                out += seen[:, :q].sum(dim=1) * layer.quant.nbytes // (b * q)
+            if layer.length:
+                fp_bytes = layer.nbytes() - (layer.quant.nbytes if q else 0)
+                out += seen[:, q:].sum(dim=1) * fp_bytes // (b * layer.length)
+        return out.tolist()
 
     def layer_tensors(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """(keys, values) per layer, each (B, H_kv, T, d): post-RoPE keys, for scoring and analysis."""
-        return [(layer.keys, layer.values) for layer in self._layers()]
+        """(keys, values) per layer, each (B, H_kv, T, d): post-RoPE keys, for scoring and analysis. Quantized
+        columns come dequantized; columns a layer no longer holds (layer selection) come as zeros."""
+        out = []
+        for layer in self._layers():
+            k, v = layer.keys, layer.values
+            if layer.offset:
+                k, v = (torch.cat([x.new_zeros(*x.shape[:2], layer.offset, x.shape[3]), x], dim=2) for x in (k, v))
+            out.append((k, v))
+        return out
 
     def kind_counts(self, kind: int) -> list[int]:
         """Entries of one kind per row (counted on layer 0, head 0)."""
         return ((self.kinds[0, :, 0, :] == kind) & (self.mask == 1)).sum(dim=1).tolist()
 
     def clone(self) -> KVState:
-        layers = self.layer_tensors()
-        return KVState(_cache(layers) if layers else None, self.mask.clone(), self.next_pos.clone(),
-                       self.pos.clone(), self.kinds.clone())
+        cache = None
+        if self._layers():
+            cache = _cache()
+            cache.layers.extend(layer.copy() for layer in self._layers())
+        return KVState(cache, self.mask.clone(), self.next_pos.clone(), self.pos.clone(), self.kinds.clone(),
+                       vis=None if self.vis is None else self.vis.clone())
 
     def reserve(self, more: int) -> None:
         """Plan for `more` columns beyond the current length: buffers get that room now (or when they are created),
@@ -193,13 +306,50 @@ class KVState:
 
     def adopt(self, other: KVState) -> None:
         """Become `other` in place (callers hold this object)."""
-        self.cache, self.mask, self.next_pos, self.pos, self.kinds = (other.cache, other.mask, other.next_pos,
-                                                                      other.pos, other.kinds)
+        self.cache, self.mask, self.next_pos, self.pos, self.kinds, self.vis = (
+            other.cache, other.mask, other.next_pos, other.pos, other.kinds, other.vis)
 
     def _truncate(self, length: int) -> None:
         for layer in self._layers():
-            layer.length = min(layer.length, length)
+            layer.truncate(length)
         self.mask, self.pos, self.kinds = self.mask[:, :length], self.pos[..., :length], self.kinds[..., :length]
+        if self.vis is not None:
+            self.vis = self.vis[..., :length]
+
+    def _extend_vis(self, new_len: int) -> None:
+        """New columns are seen by every layer that the row's mask lets see them."""
+        if self.vis is not None:
+            lp, b, hp, _ = self.vis.shape
+            self.vis = torch.cat([self.vis, self.vis.new_ones(lp, b, hp, new_len)], dim=-1)
+
+    def dequantize(self) -> None:
+        """Every quantized column back in the model's precision (a hand-off works on these, then quantizes again)."""
+        for layer in self._layers():
+            layer.materialize()
+
+    def quantize(self, bits: int, group: int) -> None:
+        """Hold every entry cached so far as codes (kvquant): each layer groups the entries it holds for a row and
+        some head sees; entries appended later stay in the model's precision."""
+        for li, layer in enumerate(self._layers()):
+            if layer.held:
+                layer.materialize()
+                real = self._layer_seen(li)[:, layer.offset:][:, None, :]
+                layer.quantize(real, bits, group)
+
+    def drop_layers(self, keep: torch.Tensor) -> None:
+        """Layer selection: in layer l, row b sees what it cached so far only if `keep[l, b]`; everything else there
+        goes, the most recent entries included. A layer frees the columns before the first one any row still sees."""
+        layers = self._layers()
+        n = len(layers)
+        lp, b, hp, t = self.pos.shape
+        vis = (self.vis if self.vis is not None else self.mask[None, :, None, :].bool()).bool()
+        vis = vis.expand(n, b, hp, t) & keep.to(vis.device).bool()[:, :, None, None]
+        self.vis = vis.clone()
+        room = max(self.plan - self.length, 0)
+        for li, layer in enumerate(layers):
+            seen = (vis[li].any(dim=1) & (self.mask == 1)).any(dim=0).nonzero()  # columns some row still sees
+            first = int(seen[0]) if len(seen) else t
+            layer.drop_front(max(first - layer.offset, 0), headroom=room)
 
 
 @contextmanager
@@ -237,8 +387,13 @@ def _visible(state: KVState, q_pos: torch.Tensor, new_mask: torch.Tensor, kind: 
     Every cached entry sits at a logical position before the next token's (pruning leaves gaps, parallel blocks
     overlap, but nothing cached is ahead), so a full-attention query sees every valid cached key and, among the new
     tokens, those at positions up to its own. Windows and chunks are measured in logical positions too, per layer
-    and head when a per-layer or per-head selection made the cached positions differ."""
+    and head when a per-layer or per-head selection made the cached positions differ; after layer selection a
+    layer sees only the cached entries it kept (`vis`)."""
     valid = torch.cat([state.mask, new_mask], dim=1).bool()[:, None, None, :]  # (B, 1, 1, T+N)
+    if state.vis is not None:
+        kept = state.vis[layer if state.vis.shape[0] > 1 else 0].bool()  # (B, H', T)
+        new = torch.ones(*kept.shape[:2], new_mask.shape[1], dtype=torch.bool, device=kept.device)
+        valid = valid & torch.cat([kept, new], dim=2)[:, :, None, :]
     qp = q_pos[:, None, :, None]  # (B, 1, N, 1)
     among_new = q_pos[:, None, :] <= q_pos[:, :, None]  # (B, N, N): key position <= query position
     old = torch.ones(*among_new.shape[:2], state.length, dtype=torch.bool, device=valid.device)
@@ -262,14 +417,17 @@ def _additive(seen: torch.Tensor, heads: int, dtype: torch.dtype) -> torch.Tenso
 def attention_masks(model, state: KVState, q_pos: torch.Tensor, new_mask: torch.Tensor):
     """The prepared masks for one forward pass over new tokens at positions `q_pos`: (mask argument for the model,
     per-layer masks or None). One 4-D mask when every layer sees the same; a mapping per attention kind when kinds
-    differ; a list per layer when windowed layers see different cached positions (per-layer or per-head selection).
+    differ; a list per layer when windowed layers see different cached positions (per-layer or per-head selection)
+    or after a hand-off made layers differ (layer selection: each layer's mask covers the columns it holds).
     """
     arch = architecture.describe(model)
     dtype = model.dtype
     per_layer = state.pos.shape[0] > 1 or state.pos.shape[2] > 1
-    if per_layer and any(w is not None for w in arch.windows):
-        masks = [_additive(_visible(state, q_pos, new_mask, kind, w, li), arch.n_heads, dtype)
-                 for li, (kind, w) in enumerate(zip(arch.layer_types, arch.windows))]
+    layers = state._layers()
+    offsets = [ly.offset for ly in layers] if layers else [0] * len(arch.layer_types)
+    if state.vis is not None or any(offsets) or (per_layer and any(w is not None for w in arch.windows)):
+        masks = [_additive(_visible(state, q_pos, new_mask, kind, w, li)[..., off:], arch.n_heads, dtype)
+                 for li, (kind, w, off) in enumerate(zip(arch.layer_types, arch.windows, offsets))]
         return masks[0], masks
     by_kind = {kind: _additive(_visible(state, q_pos, new_mask, kind, arch.window(kind)), arch.n_heads, dtype)
                for kind in arch.kinds}
@@ -311,6 +469,7 @@ def extend(model, state: KVState, *, input_ids: torch.Tensor | None = None,
         else:
             raise ValueError(f"want must be 'hidden', 'logits' or 'all_logits', got {want!r}")
     lp, _, hp, _ = state.pos.shape
+    state._extend_vis(new_len)
     state.mask = torch.cat([state.mask, new_mask], dim=1)
     state.pos = torch.cat([state.pos, position_ids[None, :, None, :].expand(lp, bsz, hp, new_len)], dim=-1)
     new_kinds = (new_mask * kind)[None, :, None, :].expand(lp, bsz, hp, new_len)
@@ -335,26 +494,44 @@ def select(model, state: KVState, index: torch.Tensor, keep: torch.Tensor, posit
     `keep` (B, K) marks which of the K slots are real for each row (rows keeping fewer entries are left-padded).
     `positions`: "original" leaves kept keys and the next position alone (a gap where entries were dropped);
     "rerotate" turns kept keys to contiguous positions and continues after them; "shift" (the seed's behaviour)
-    continues after the kept count but leaves the keys' phases stale.
+    continues after the kept count but leaves the keys' phases stale. Quantized layers are dequantized first (the
+    caller quantizes again). After layer selection (`vis`, layer offsets) a kept entry stays unseen where it was,
+    and each layer holds the slots from the first one some row sees there.
     """
     if positions not in POSITIONS:
         raise ValueError(f"positions must be one of {POSITIONS}")
+    state.dequantize()
     layers = state._layers()
     lp, bsz, hp, k = index.shape
     n_heads = layers[0].keys.shape[1]
     new_pos = (keep.cumsum(dim=1) - 1).clamp_min(0)  # contiguous logical positions of the kept entries
     old_pos = torch.gather(state.pos.expand(lp, bsz, hp, -1), 3, index)
     still_to_come = max(state.plan - state.length, 0)  # planned appends keep their room; dropped entries free theirs
+    vis = None
+    if state.reshaped:  # per layer: which slots each row still sees there (and holds)
+        n = len(layers)
+        src = state.vis.bool() if state.vis is not None else state.mask[None, :, None, :].bool()
+        hv = max(src.shape[2], hp)
+        idx = index.expand(n, bsz, hv, k)
+        held = idx >= torch.tensor([ly.offset for ly in layers], device=idx.device)[:, None, None, None]
+        vis = torch.gather(src.expand(n, bsz, hv, -1), 3, idx) & held & keep.bool()[None, :, None, :]
     for li, layer in enumerate(layers):
         # every layer's tensors stay on that layer's device (--device_map): the index goes to them
         idx = index[li if lp > 1 else 0].to(layer.keys.device).expand(bsz, n_heads, k)
+        first = 0
+        if vis is not None:
+            seen = vis[li].any(dim=1).any(dim=0).nonzero()
+            first = int(seen[0]) if len(seen) else k
+            idx = (idx[..., first:] - layer.offset).clamp_min(0)
         keys, values = _take(layer.keys, idx), _take(layer.values, idx)
         if positions == "rerotate":
-            delta = new_pos[:, None, :] - old_pos[li if lp > 1 else 0]
+            delta = (new_pos[:, None, :] - old_pos[li if lp > 1 else 0])[..., first:]
             keys = architecture.rotate(model, li, keys, delta)
         layer.replace(keys, values, headroom=still_to_come)
+        layer.offset = first
     state.kinds = torch.gather(state.kinds.expand(lp, bsz, hp, -1), 3, index) * keep[None, :, None, :]
     state.mask = keep.long()
+    state.vis = vis
     state.plan = k + still_to_come if state.plan else 0
     if positions == "original":
         state.pos = old_pos

@@ -187,9 +187,13 @@ def model_identity(name: str) -> str:
 
 @dataclass
 class Realigner:
-    """Maps a last hidden state to the input-embedding space (Zou et al. 2025, sec. 3).
+    """Maps a last hidden state to the input-embedding space, then rescales it to the embeddings' norm.
 
-    matrix: ridge least squares R = argmin ||W_out R - W_in||^2 + lam ||R||^2 (None = identity);
+    `method` (registry.REALIGNS): "norm" maps nothing; "ridge" is LatentMAS's ridge least squares (Zou et al. 2025,
+    sec. 3) R = argmin ||W_out R - W_in||^2 + lam ||R||^2; "statebridge" (arXiv 2608.13317) whitens both spaces
+    and rotates one onto the other: h -> ((h - m_out) C_out^-1/2 Q) C_in^1/2 + m_in with Q the orthogonal Procrustes
+    solution between the whitened rows. Both maps are fitted once per model on the token pairs (row i of the LM head,
+    row i of the input embeddings), so an affine map `matrix`, `shift` is all a latent step applies.
     target_norm: mean L2 norm of what the embedding module returns for real tokens (families that scale embeddings
     inside that module, as Gemma does by sqrt(hidden), included): the norm every latent vector is rescaled to.
     """
@@ -197,25 +201,72 @@ class Realigner:
     matrix: torch.Tensor | None
     target_norm: float
     device: torch.device | None = None  # where latent vectors go: the input embeddings' device
+    shift: torch.Tensor | None = None  # added after the matrix (statebridge: the mean terms)
+    method: str = "norm"
+    fit: dict | None = None  # how the map fits the pairs it was computed from (config.json's model.realign)
 
     @classmethod
     @torch.no_grad()
-    def build(cls, model, realign: bool, lam: float = 1e-5) -> Realigner:
+    def build(cls, model, realign: bool | str, lam: float = 1e-5, eps: float = 1e-5) -> Realigner:
+        method = {True: "ridge", False: "norm"}.get(realign, realign)
         w_in = model.get_input_embeddings().weight.detach().float()
         target_norm = architecture.embedding_norm(model)
-        if not realign:
+        if method == "norm":
             return cls(None, target_norm, w_in.device)
         # with --device_map the LM head may sit on another device than the input embeddings: solve beside the latter
         w_out = model.get_output_embeddings().weight.detach().float().to(w_in.device)
-        gram = w_out.T @ w_out + lam * torch.eye(w_out.shape[1], device=w_out.device)
-        return cls(torch.linalg.solve(gram, w_out.T @ w_in), target_norm, w_in.device)
+        if method == "ridge":
+            gram = w_out.T @ w_out + lam * torch.eye(w_out.shape[1], device=w_out.device)
+            matrix = torch.linalg.solve(gram, w_out.T @ w_in)
+            return cls(matrix, target_norm, w_in.device, method="ridge", fit=_fit(w_out, w_in, matrix, None))
+        if method != "statebridge":
+            raise ValueError(f"unknown realignment {method!r}")
+        matrix, shift, rotation = _statebridge(w_out, w_in, eps)
+        fit = _fit(w_out, w_in, matrix, shift)
+        fit["rotation_orthogonality_error"] = float((rotation.T @ rotation - torch.eye(len(rotation),
+                                                    device=rotation.device)).abs().max())
+        return cls(matrix, target_norm, w_in.device, shift=shift, method="statebridge", fit=fit)
 
     def __call__(self, h: torch.Tensor) -> torch.Tensor:
         a = h.float() if self.device is None else h.float().to(self.device)
         if self.matrix is not None:
             a = a @ self.matrix
+        if self.shift is not None:
+            a = a + self.shift
         a = a * (self.target_norm / a.norm(dim=-1, keepdim=True).clamp_min(1e-6))
         return a.to(h.dtype)
+
+    def describe(self) -> dict:
+        """What config.json records under model.realign."""
+        return {"method": self.method, **(self.fit or {})}
+
+
+def _sqrt_and_inverse(cov: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """C^1/2 and C^-1/2 of a covariance, eigenvalues floored at eps times the largest (rank-deficient vocabularies)."""
+    vals, vecs = torch.linalg.eigh(cov.double())
+    vals = vals.clamp_min(eps * vals.max())
+    return ((vecs * vals.sqrt()) @ vecs.T).float(), ((vecs * vals.rsqrt()) @ vecs.T).float()
+
+
+def _statebridge(x: torch.Tensor, y: torch.Tensor, eps: float):
+    """Whitening plus orthogonal Procrustes from rows of x (hidden-state side) to rows of y (embedding side): returns
+    the affine map (matrix, shift) and the rotation."""
+    mx, my = x.mean(dim=0), y.mean(dim=0)
+    xc, yc = x - mx, y - my
+    _, wx = _sqrt_and_inverse(xc.T @ xc / len(x), eps)
+    cy, wy = _sqrt_and_inverse(yc.T @ yc / len(y), eps)
+    u, _, vt = torch.linalg.svd((xc @ wx).T @ (yc @ wy))
+    rotation = u @ vt  # argmin ||X_w Q - Y_w|| over orthogonal Q
+    matrix = wx @ rotation @ cy
+    return matrix, my - mx @ matrix, rotation
+
+
+def _fit(x: torch.Tensor, y: torch.Tensor, matrix: torch.Tensor, shift: torch.Tensor | None) -> dict:
+    """Mean cosine between mapped LM-head rows and their input embeddings, over at most 4096 tokens."""
+    rows = torch.linspace(0, len(x) - 1, min(len(x), 4096), device=x.device).long()
+    mapped = x[rows] @ matrix + (shift if shift is not None else 0)
+    cos = torch.nn.functional.cosine_similarity(mapped, y[rows], dim=-1).mean()
+    return {"pairs": len(x), "mean_cosine_to_embedding": round(float(cos), 6)}
 
 
 @dataclass
@@ -239,7 +290,8 @@ FALLBACK_STOPS = ("\nUser:", "\nSystem:")  # the plain format's next turn: a bas
 
 
 class ModelWrapper:
-    def __init__(self, model, tokenizer, device: torch.device, realign: bool = False, build_realigner: bool = True):
+    def __init__(self, model, tokenizer, device: torch.device, realign: bool | str = False,
+                 build_realigner: bool = True):
         self.model, self.tokenizer, self.device = model, tokenizer, device
         self.realigner = Realigner.build(model, realign) if build_realigner else None
         self.stop_ids = self._stop_ids()

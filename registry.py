@@ -192,6 +192,7 @@ class PolicySpec:
     args: tuple[tuple[str, object], ...] = ()  # fixed constructor arguments of its class (compression.py)
     queries: tuple[str, ...] = ()  # the --kv_query values it reads (passed as query=); empty: it takes no query
     needs: tuple[str, ...] = ()  # keys of NEEDS it always needs
+    kind: str = "tokens"  # "tokens": keeps a share of the entries (a `score`); "layers": keeps a share of the layers
 
     def requirements(self, query: str = DEFAULT_QUERY) -> tuple[str, ...]:
         """What scoring needs (keys of NEEDS) with this query: the "attention" query adds "attention"."""
@@ -213,10 +214,30 @@ POLICIES: dict[str, PolicySpec] = {
         PolicySpec("knorm", "keep keys with a low L2 norm"),
         PolicySpec("keydiff", "KeyDiff: keep keys far from their head's mean key"),
         PolicySpec("random", "a uniformly random subset (the seed's knn random strategy)"),
+        PolicySpec("kvcomm", "KVComm layer selection: the earlier agents' entries stay only in the `--kv_keep` share "
+                   "of layers that the next prompt attends to most (Gaussian prior over depth); every entry is kept, "
+                   "fewer layers hold it", needs=("attention",), kind="layers"),
         PolicySpec("latents-only", "transfer only the latent steps: earlier agents' latent-step entries "
                    "outrank their prompt entries (newest first); at or below the latents' share of the cache (or with "
                    "`--kv_protect latents` and a small `--kv_keep`) exactly the latents go on"),
     ]
+}
+
+
+TOKEN_POLICIES = tuple(name for name, p in POLICIES.items() if p.kind == "tokens")  # what token matrices run
+
+# --kv_quant: how the entries handed on at a hand-off are held (kvquant.py); "none" keeps the model's precision
+QUANTS: dict[str, str] = {
+    "none": "the model's precision",
+    "int8": "8-bit codes, KIVI-style (keys per channel, values per token), scale and zero point per group",
+    "int4": "4-bit codes, two per byte, as int8 otherwise",
+}
+
+# --realign: how a latent step maps the last hidden state back to the input-embedding space (models.Realigner)
+REALIGNS: dict[str, str] = {
+    "norm": "no map: the hidden state itself, rescaled to the embeddings' norm",
+    "ridge": "LatentMAS: ridge least squares from output to input embeddings (--latent_space_realign)",
+    "statebridge": "StateBridge: whitening of both spaces and an orthogonal Procrustes rotation between them",
 }
 
 

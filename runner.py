@@ -225,7 +225,7 @@ def load_wrapper(cfg: RunConfig, launch: Launch, loaded: tuple | None = None):
                                                     hw.attn_implementation, hw.device_map, hw.max_memory)
     set_seed(cfg.decoding.seed)
     # the realignment matrix is built once here, outside every timed region
-    wrapper = ModelWrapper(model, tokenizer, device, realign=cfg.latent.latent_space_realign,
+    wrapper = ModelWrapper(model, tokenizer, device, realign=cfg.latent.realign,
                            build_realigner=cfg.method == "latent_mas")
     wrapper.prefix_reuse = cfg.model.prefix_reuse
     if hw.compile:
@@ -243,7 +243,8 @@ def config_json(plan: Plan, wrapper, data_info: dict, scale_out: dict, models=No
 
     model = wrapper.model
     model_info = {"prompt_format": wrapper.prompt_format, "architecture": model_summary(model),
-                  "latent_target_norm": wrapper.realigner.target_norm if wrapper.realigner else None}
+                  "latent_target_norm": wrapper.realigner.target_norm if wrapper.realigner else None,
+                  "realign": wrapper.realigner.describe() if wrapper.realigner else None}
     return {"args": plan.cfg.flat(), "config_file": plan.config_file, "data": data_info,
             "team": plan.team.as_dict() if plan.team else None, "device": str(wrapper.device),
             "dtype": str(model.dtype), "model": model_info, "models": models.describe() if models else None,
