@@ -17,7 +17,7 @@ from models import ModelWrapper
 from registry import POSITIONS, SCOPES
 from tests.conftest import ROOT, compressor
 
-POLICY_NAMES = list(compression.POLICIES)
+POLICY_NAMES = list(registry.TOKEN_POLICIES)  # kvcomm keeps layers, not entries: tests/test_handoff.py
 QUESTIONS = ["How many apples are left if each day the team sells 3 of 17?", "What is the total?",
              "If she sells 9 eggs each day for 2 dollars each, how many dollars is that?"]
 
@@ -50,7 +50,8 @@ def test_one_registry_row_per_policy_class():
     import inspect
 
     classes = {name for name, obj in vars(compression).items()
-               if inspect.isclass(obj) and obj.__module__ == "compression" and hasattr(obj, "score")}
+               if inspect.isclass(obj) and obj.__module__ == "compression"
+               and (hasattr(obj, "score") or hasattr(obj, "layer_scores"))}
     assert set(compression.CLASSES) == set(registry.POLICIES)
     assert {cls.__name__ for cls in compression.CLASSES.values()} == classes
     for name, p in registry.POLICIES.items():

@@ -61,7 +61,9 @@ def test_summary_settings_names_and_labels_come_from_the_config():
     lat = RunConfig().updated({"method": "latent_mas", "kv_policy": "snapkv", "kv_keep": 0.5, "kv_scope": "head",
                                "num_shards": 2, "shard_id": 1})
     assert set(lat.compression_settings()) == {"kv_policy", "kv_keep", "kv_scope", "kv_min_keep", "kv_query",
-                                               "kv_protect", "kv_positions", "compress_at", "include_old_prompts"}
+                                               "kv_protect", "kv_positions", "compress_at", "include_old_prompts",
+                                               "kv_layers", "kvcomm_alpha", "kvcomm_mu", "kvcomm_sigma", "kv_quant",
+                                               "kv_quant_group"}
     assert lat.run_name().startswith("latent_mas_gsm8k_smollm2-135m_m10_snapkv-k0.5-head-original_shard1of2_")
     assert lat.observer_label() == "snapkv keep 0.5, head" and base.observer_label() == ""
     assert set(config.series_defaults()) == set(lat.compression_settings()) - {"kv_policy", "kv_keep"}

@@ -12,7 +12,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import architecture  # noqa: E402
-import compression  # noqa: E402
 import registry  # noqa: E402
 from data import Item  # noqa: E402
 from kv_state import KVState, extend, select  # noqa: E402
@@ -213,7 +212,7 @@ def _assert_near_tie(scores: torch.Tensor, a: torch.Tensor, b: torch.Tensor, tol
 
 
 @pytest.mark.parametrize("scope", registry.SCOPES)
-@pytest.mark.parametrize("policy", list(compression.POLICIES))
+@pytest.mark.parametrize("policy", list(registry.TOKEN_POLICIES))
 def test_every_policy_and_scope_selects_the_same_rows_batched(fam, policy, scope):
     """Each row of a padded batch keeps what it keeps alone, and the judger's logits after pruning agree."""
     nxt = _next(fam, QUESTIONS)
