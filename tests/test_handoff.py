@@ -3,27 +3,30 @@ selection, quantized hand-off, their composition with token eviction, StateBridg
 batched == one by one, keep-all == untouched, int8 within a stated fidelity, and KV bytes == what is held."""
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 import torch
 
 import registry
+import run
 from compression import CompressionError, layer_count
 from data import Item
 from kv_state import extend
 from kvquant import BITS, held_share, quantize
 from methods import MethodConfig, get_method, latent_mas
 from models import ModelWrapper, Realigner
-from tests.conftest import compressor
+from tests.conftest import ROOT, compressor
 from tests.test_families import NAMES, QUESTIONS, _family, _gens, _next, _state
 
 # int8 fidelity bound on the judger's next-token distributions, KL(full || int8) after a quantized hand-off
 INT8_KL = 1e-3
-METHODS = {  # name -> compressor settings: each axis alone and all three composed in the documented order
-    "kvcomm": dict(policy_name="kvcomm", keep=0.5),
-    "snapkv+layers+int4": dict(policy_name="snapkv", keep=0.6, scope="head", min_keep=3, layers=0.5, quant="int4",
-                               quant_group=8),
+METHODS = {  # name -> compression settings: layer selection alone, and token eviction -> layer selection ->
+    # quantization composed in the documented order (int8 alone: the fidelity test below and the acceptance check)
+    "kvcomm": dict(kv_policy="kvcomm", kv_keep=0.5),
+    "snapkv+layers+int4": dict(kv_policy="snapkv", kv_keep=0.6, kv_scope="head", kv_min_keep=3, kv_layers=0.5,
+                               kv_quant="int4", kv_quant_group=8),
 }
 
 
@@ -164,3 +167,37 @@ def test_statebridge_is_whitening_plus_a_rotation(tiny):
     assert ridge.describe()["method"] == "ridge" and Realigner.build(model, True).method == "ridge"
     h = torch.randn(2, x.shape[1])
     assert math.isclose(float(sb(h).norm(dim=-1)[0]), sb.target_norm, rel_tol=1e-4)
+
+
+# --- the sweep file: its dry run and its CPU version ---------------------------------------------------------------
+
+SWEEP = ROOT / "config" / "handoff_methods.yaml"
+CPU = ["--model_name", "smollm2-135m", "--max_samples", "1", "--max_new_tokens", "4", "--latent_steps", "2",
+       "--cell_shard", "0/4"]
+
+
+def test_handoff_sweep_file_documents_its_cpu_version_and_has_17_cells(capsys):
+    assert " ".join(CPU) in " ".join(SWEEP.read_text().replace("\\\n#", " ").split())
+    assert run.main(["sweep", str(SWEEP), "--dry_run"]) == 0
+    assert "17 cells (0 refused" in capsys.readouterr().out
+
+
+def test_cpu_version_of_the_handoff_sweep_holds_the_predicted_bytes(tmp_path, capsys, one_thread):
+    """The file's CPU command (its header: every fourth cell, one GSM8K item, the embedded model: fp32, 30 layers,
+    head_dim 64; ~3 min on 2 busy cores): int8 on ceil(0.44 * 30) = 14 layers holds 14/30 of the codes-and-scales
+    share of the uncompressed judger's bytes, int4 alone kvquant.held_share (partial key groups cost a little more),
+    token eviction at 0.25 a quarter, and every compressed cell reports fidelity."""
+    out = tmp_path / "sw"
+    assert run.main(["sweep", str(SWEEP), *CPU, "--output_dir", str(out)]) == 0
+    cells = {p.parent.name: json.loads(p.read_text()) for p in out.glob("*/summary.json")}
+    assert len(cells) == 5 and all(s["complete"] for s in cells.values())
+    full = cells["none"]["kv_bytes_judger_mean"]
+
+    def share(name):
+        return cells[name]["kv_bytes_judger_mean"] / full
+
+    q8, q4 = held_share(8, 32, 64, 4), held_share(4, 32, 64, 4)
+    assert 14 / 30 * q8 <= share("kvcomm_k0.44_kv_quant-int8_judger_fidelity") < 14 / 30 * (q8 + 0.02)
+    assert q4 <= share("kv_quant-int4_judger_fidelity") < q4 + 0.02
+    assert 0.24 < share("knorm_k0.25_judger_fidelity") <= 0.25
+    assert all("fidelity_agreement_mean" in s for name, s in cells.items() if name != "none")

@@ -1,0 +1,113 @@
+"""The field's hand-off methods at matched KV-byte budgets, on the same items, against the uncompressed team.
+
+Every setting compresses once, before the judger (--compress_at judger), so the judger's KV bytes are the budget's
+share of the uncompressed hand-off: token eviction at keep p holds p, KVComm at a share s of layers holds
+ceil(s * layers) / layers, int8 / int4 hold kvquant.held_share of the model's precision (fp32 on CPU: 0.31 / 0.19 at
+group 32, so at the 50 % budget they come in under it), and compositions multiply. Per batch the uncompressed team
+runs once (the reference, as in compression_sweep.py), then every setting is scored against it.
+
+    python bench/handoff_sweep.py --max_samples 20 --max_new_tokens 64 --out bench/results/handoff_sweep.json
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import items_and_config, machine, parser, run_flags, setup, table  # noqa: E402
+
+from compression import Compressor  # noqa: E402
+from methods import latent_mas  # noqa: E402
+from utils import set_seed, wilson_ci  # noqa: E402
+
+# (label, budget, Compressor keywords); the budget is the share of the uncompressed judger hand-off on an fp32 cache
+SETTINGS = [
+    ("none", 1.0, None),
+    ("streaming k0.5", 0.5, dict(policy_name="streaming", keep=0.5)),
+    ("knorm k0.5", 0.5, dict(policy_name="knorm", keep=0.5)),
+    ("kvcomm 0.5 layers", 0.5, dict(policy_name="kvcomm", keep=0.5)),
+    ("int8", 0.5, dict(policy_name="none", quant="int8")),
+    ("streaming k0.25", 0.25, dict(policy_name="streaming", keep=0.25)),
+    ("knorm k0.25", 0.25, dict(policy_name="knorm", keep=0.25)),
+    ("kvcomm 0.25 layers", 0.25, dict(policy_name="kvcomm", keep=0.25)),
+    ("int4", 0.25, dict(policy_name="none", quant="int4")),
+    ("int8 + kvcomm 0.8 layers", 0.25, dict(policy_name="none", layers=0.8, quant="int8")),
+    ("streaming k0.8 + int8", 0.25, dict(policy_name="streaming", keep=0.8, quant="int8")),
+]
+
+
+def main() -> None:
+    p = parser(__doc__)
+    run_flags(p, max_samples=20, max_new_tokens=64)
+    p.add_argument("--batch", type=int, default=10)
+    p.add_argument("--only", nargs="*", default=None, help="labels to run (default: all)")
+    p.add_argument("--out", default="bench/results/handoff_sweep.json")
+    p.set_defaults(seed=42)
+    args = p.parse_args()
+    wrapper, model, tok, dev = setup(args)
+    items, info, config = items_and_config(args)
+    set_seed(args.seed)
+    runs = [s for s in SETTINGS if args.only is None or s[0] in args.only or s[0] == "none"]
+    rows: dict[str, list[dict]] = {label: [] for label, *_ in runs}
+    t_start = time.time()
+    for start in range(0, len(items), args.batch):
+        batch = items[start:start + args.batch]
+        with torch.inference_mode():
+            ref = latent_mas.reference(wrapper, batch, config())
+            for label, _, kw in runs:
+                comp = None if kw is None else Compressor(**kw, at="judger")
+                t_set = time.time()
+                for r in latent_mas.run_batch(wrapper, batch, config(compressor=comp), ref=ref):
+                    judger = r["agents"][-1]
+                    rows[label].append({"index": r["index"], "correct": r["correct"],
+                                        "kv_bytes_judger": judger["kv_bytes_in"],
+                                        "compress_s": sum(a.get("compress_time_s", 0) for a in r["agents"]),
+                                        "agreement": r["fidelity"]["agreement"], "kl": r["fidelity"]["kl"],
+                                        "output_match": r["fidelity"]["output_match"]})
+                print(f"  {label}: {time.time() - t_set:.0f}s", file=sys.stderr, flush=True)
+                save(args, info, dev, summarize(runs, rows), rows, t_start)
+        print(f"items {start}-{start + len(batch) - 1} done, {time.time() - t_start:.0f}s", file=sys.stderr,
+              flush=True)
+    summary = summarize(runs, rows)
+    full = summary["none"]["kv_bytes_judger_mean"]
+    print(f"\n{args.model_name} on {args.task} (first {len(items)}, {info['source']}), latent_mas, greedy, "
+          f"max_new_tokens {args.max_new_tokens}, latent_steps {args.latent_steps}, compress at the judger, "
+          f"device {dev}, batch {args.batch}")
+    print(table(["setting", "budget", "judger KV MiB", "share of full", "compress s/item", "agreement", "KL",
+                 "same output", "accuracy (95% CI)"],
+                [[label, f"{t['budget']:g}", f"{t['kv_bytes_judger_mean'] / 2**20:.2f}",
+                  f"{t['kv_bytes_judger_mean'] / full:.3f}", f"{t['compress_s_mean']:.3f}",
+                  f"{t['agreement_mean']:.3f}", f"{t['kl_mean']:.3f}", f"{t['output_match_mean']:.2f}",
+                  f"{t['correct']}/{t['n']} [{t['ci95'][0]:.2f}, {t['ci95'][1]:.2f}]"]
+                 for label, t in summary.items()]))
+    save(args, info, dev, summary, rows, t_start)
+
+
+def summarize(runs, rows) -> dict:
+    out = {}
+    for label, budget, kw in runs:
+        r = rows[label]
+        if r:
+            correct = sum(x["correct"] for x in r)
+            out[label] = {"budget": budget, "settings": kw, "n": len(r), "correct": correct,
+                          "ci95": wilson_ci(correct, len(r)),
+                          **{f"{k}_mean": statistics.mean(x[k] for x in r)
+                             for k in ("kv_bytes_judger", "compress_s", "agreement", "kl", "output_match")}}
+    return out
+
+
+def save(args, info, dev, summary, rows, t_start) -> None:
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"args": vars(args), "data": info, "machine": machine(dev), "table": summary,
+                               "rows": rows, "wall_s": time.time() - t_start}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
