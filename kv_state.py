@@ -334,7 +334,7 @@ class KVState:
             if layer.held:
                 layer.materialize()
                 real = self._layer_seen(li)[:, layer.offset:][:, None, :]
-                layer.quantize(real, bits, group)
+                layer.quantize(real.to(layer._k.device if layer._k is not None else real.device), bits, group)
 
     def drop_layers(self, keep: torch.Tensor) -> None:
         """Layer selection: in layer l, row b sees what it cached so far only if `keep[l, b]`; everything else there

@@ -6,7 +6,7 @@ ceil(s * layers) / layers, int8 / int4 hold kvquant.held_share of the model's pr
 group 32, so at the 50 % budget they come in under it), and compositions multiply. Per batch the uncompressed team
 runs once (the reference, as in compression_sweep.py), then every setting is scored against it.
 
-    python bench/handoff_sweep.py --max_samples 20 --max_new_tokens 64 --out bench/results/handoff_sweep.json
+    python bench/handoff_sweep.py --max_samples 20 --max_new_tokens 16 --batch 20 --out bench/results/handoff_sweep.json
 """
 from __future__ import annotations
 
@@ -27,24 +27,24 @@ from methods import latent_mas  # noqa: E402
 from utils import set_seed, wilson_ci  # noqa: E402
 
 # (label, budget, Compressor keywords); the budget is the share of the uncompressed judger hand-off on an fp32 cache
-SETTINGS = [
+SETTINGS = [  # the most telling first: an interrupted sweep keeps every setting it finished
     ("none", 1.0, None),
-    ("streaming k0.5", 0.5, dict(policy_name="streaming", keep=0.5)),
-    ("knorm k0.5", 0.5, dict(policy_name="knorm", keep=0.5)),
     ("kvcomm 0.5 layers", 0.5, dict(policy_name="kvcomm", keep=0.5)),
     ("int8", 0.5, dict(policy_name="none", quant="int8")),
-    ("streaming k0.25", 0.25, dict(policy_name="streaming", keep=0.25)),
-    ("knorm k0.25", 0.25, dict(policy_name="knorm", keep=0.25)),
+    ("streaming k0.5", 0.5, dict(policy_name="streaming", keep=0.5)),
     ("kvcomm 0.25 layers", 0.25, dict(policy_name="kvcomm", keep=0.25)),
     ("int4", 0.25, dict(policy_name="none", quant="int4")),
+    ("streaming k0.25", 0.25, dict(policy_name="streaming", keep=0.25)),
     ("int8 + kvcomm 0.8 layers", 0.25, dict(policy_name="none", layers=0.8, quant="int8")),
+    ("knorm k0.5", 0.5, dict(policy_name="knorm", keep=0.5)),
+    ("knorm k0.25", 0.25, dict(policy_name="knorm", keep=0.25)),
     ("streaming k0.8 + int8", 0.25, dict(policy_name="streaming", keep=0.8, quant="int8")),
 ]
 
 
 def main() -> None:
     p = parser(__doc__)
-    run_flags(p, max_samples=20, max_new_tokens=64)
+    run_flags(p, max_samples=20, max_new_tokens=16)
     p.add_argument("--batch", type=int, default=10)
     p.add_argument("--only", nargs="*", default=None, help="labels to run (default: all)")
     p.add_argument("--out", default="bench/results/handoff_sweep.json")
