@@ -428,6 +428,9 @@ def attention_masks(model, state: KVState, q_pos: torch.Tensor, new_mask: torch.
     if state.vis is not None or any(offsets) or (per_layer and any(w is not None for w in arch.windows)):
         masks = [_additive(_visible(state, q_pos, new_mask, kind, w, li)[..., off:], arch.n_heads, dtype)
                  for li, (kind, w, off) in enumerate(zip(arch.layer_types, arch.windows, offsets))]
+        # with --device_map each layer's mask goes where that layer's keys are
+        masks = [m.to(ly._k.device) if li < len(layers) and ly._k is not None else m
+                 for li, (m, ly) in enumerate(zip(masks, layers or [None] * len(masks)))]
         return masks[0], masks
     by_kind = {kind: _additive(_visible(state, q_pos, new_mask, kind, arch.window(kind)), arch.n_heads, dtype)
                for kind in arch.kinds}
