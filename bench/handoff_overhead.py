@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import clock, machine, median, parser, prompt_of, setup, synthetic_state, table, write_json  # noqa: E402
 
 from compression import Compressor  # noqa: E402
+from config import CompressionConfig  # noqa: E402
 from kv_state import TEXT, extend, rollback  # noqa: E402
 
 
@@ -30,7 +31,7 @@ def measure(wrapper, args, enc, length: int) -> dict[str, list[float]]:
     quantized = {bits: base.clone() for bits in (8, 4)}
     for bits, s in quantized.items():
         s.quantize(bits, args.group)
-    kvcomm = Compressor("kvcomm", keep=0.5)
+    kvcomm = Compressor(CompressionConfig(kv_policy="kvcomm", kv_keep=0.5))
     times: dict[str, list[float]] = {k: [] for k in ("decode fp", "decode int8", "decode int4", "quantize int8",
                                                      "quantize int4", "kvcomm select")}
 

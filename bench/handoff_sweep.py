@@ -23,22 +23,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import items_and_config, machine, parser, run_flags, setup, table  # noqa: E402
 
 from compression import Compressor  # noqa: E402
+from config import CompressionConfig  # noqa: E402
 from methods import latent_mas  # noqa: E402
 from utils import set_seed, wilson_ci  # noqa: E402
 
-# (label, budget, Compressor keywords); the budget is the share of the uncompressed judger hand-off on an fp32 cache
+# (label, budget, compression settings); the budget is the share of the uncompressed judger hand-off on an fp32 cache
 SETTINGS = [  # the most telling first: an interrupted sweep keeps every setting it finished
     ("none", 1.0, None),
-    ("kvcomm 0.5 layers", 0.5, dict(policy_name="kvcomm", keep=0.5)),
-    ("int8", 0.5, dict(policy_name="none", quant="int8")),
-    ("streaming k0.5", 0.5, dict(policy_name="streaming", keep=0.5)),
-    ("kvcomm 0.25 layers", 0.25, dict(policy_name="kvcomm", keep=0.25)),
-    ("int4", 0.25, dict(policy_name="none", quant="int4")),
-    ("streaming k0.25", 0.25, dict(policy_name="streaming", keep=0.25)),
-    ("int8 + kvcomm 0.8 layers", 0.25, dict(policy_name="none", layers=0.8, quant="int8")),
-    ("knorm k0.5", 0.5, dict(policy_name="knorm", keep=0.5)),
-    ("knorm k0.25", 0.25, dict(policy_name="knorm", keep=0.25)),
-    ("streaming k0.8 + int8", 0.25, dict(policy_name="streaming", keep=0.8, quant="int8")),
+    ("kvcomm 0.5 layers", 0.5, dict(kv_policy="kvcomm", kv_keep=0.5)),
+    ("int8", 0.5, dict(kv_policy="none", kv_quant="int8")),
+    ("streaming k0.5", 0.5, dict(kv_policy="streaming", kv_keep=0.5)),
+    ("kvcomm 0.25 layers", 0.25, dict(kv_policy="kvcomm", kv_keep=0.25)),
+    ("int4", 0.25, dict(kv_policy="none", kv_quant="int4")),
+    ("streaming k0.25", 0.25, dict(kv_policy="streaming", kv_keep=0.25)),
+    ("int8 + kvcomm 0.8 layers", 0.25, dict(kv_policy="none", kv_layers=0.8, kv_quant="int8")),
+    ("knorm k0.5", 0.5, dict(kv_policy="knorm", kv_keep=0.5)),
+    ("knorm k0.25", 0.25, dict(kv_policy="knorm", kv_keep=0.25)),
+    ("streaming k0.8 + int8", 0.25, dict(kv_policy="streaming", kv_keep=0.8, kv_quant="int8")),
 ]
 
 
@@ -61,7 +62,7 @@ def main() -> None:
         with torch.inference_mode():
             ref = latent_mas.reference(wrapper, batch, config())
             for label, _, kw in runs:
-                comp = None if kw is None else Compressor(**kw, at="judger")
+                comp = None if kw is None else Compressor(CompressionConfig(**kw, compress_at="judger"))
                 t_set = time.time()
                 for r in latent_mas.run_batch(wrapper, batch, config(compressor=comp), ref=ref):
                     judger = r["agents"][-1]

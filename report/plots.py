@@ -15,6 +15,8 @@ CAPTIONS = {"accuracy": "Accuracy with 95% Wilson interval per run",
                               "and star: the uncompressed run)",
             "time_tokens": "Time per item and generated tokens per item",
             "fidelity": "Fidelity of the compressed judger vs keep ratio",
+            "fidelity_vs_kv": "Fidelity of the compressed judger vs its KV bytes: one line per method (token policy, "
+                              "KVComm layers, int8/int4 and their compositions), points per setting",
             "paired": "Paired accuracy difference of each run to its reference, 95% paired bootstrap interval"}
 
 
@@ -22,7 +24,7 @@ def draw_all(groups: list[tuple[str, list[Run]]], pairs: list[dict], out: Path) 
     """Every plot (None where no run fits it), by the names of CAPTIONS."""
     return {"accuracy": plot_accuracy(groups, out), "accuracy_vs_kv": plot_accuracy_vs_kv(groups, out),
             "time_tokens": plot_time_tokens(groups, out), "fidelity": plot_fidelity(groups, out),
-            "paired": plot_paired(groups, pairs, out)}
+            "fidelity_vs_kv": plot_fidelity_vs_kv(groups, out), "paired": plot_paired(groups, pairs, out)}
 
 
 def _figure(rows: int, cols: int, width: float, height: float, ratios: list[float] | None = None):
@@ -177,6 +179,33 @@ def plot_fidelity(groups: list[tuple[str, list[Run]]], out: Path) -> Path | None
         ax_a.set_title(name, fontsize=9)
         ax_a.legend(fontsize=7)
     return _save(fig, out / "fidelity.png")
+
+
+def plot_fidelity_vs_kv(groups: list[tuple[str, list[Run]]], out: Path) -> Path | None:
+    """Agreement and KL against the judger's KV MiB: where the hand-off methods compete (matched byte budgets)."""
+    groups = [(name, [r for r in rs if r.compression and r.get("fidelity_agreement_mean") is not None
+                      and r.get("kv_bytes_judger_mean") is not None]) for name, rs in groups]
+    groups = [(name, rs) for name, rs in groups if rs]
+    if not groups:
+        return None
+    fig, axes = _figure(len(groups), 2, 5.5, 3.8)
+    for (ax_a, ax_k), (name, runs) in zip(axes, groups):
+        keys = sorted({series_key(r) for r in runs}, key=str)
+        for key in keys:
+            pts = sorted((r for r in runs if series_key(r) == key), key=lambda r: r.get("kv_bytes_judger_mean"))
+            xs = [r.get("kv_bytes_judger_mean") / 2 ** 20 for r in pts]
+            label = series_label(key, keys)
+            ax_a.plot(xs, [r.get("fidelity_agreement_mean") for r in pts], marker="o", label=label)
+            ax_k.plot(xs, [r.get("fidelity_kl_mean") for r in pts], marker="o", label=label)
+        ax_a.set_ylabel("top-1 agreement with the uncompressed judger")
+        ax_a.set_ylim(-0.02, 1.02)
+        ax_k.set_ylabel("KL(full || compressed), nats/token")
+        for ax in (ax_a, ax_k):
+            ax.set_xlabel("judger KV cache, MiB (mean over items)")
+            ax.grid(alpha=0.3)
+        ax_a.set_title(name, fontsize=9)
+        ax_a.legend(fontsize=7)
+    return _save(fig, out / "fidelity_vs_kv.png")
 
 
 def _save(fig, path: Path) -> Path:

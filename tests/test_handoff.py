@@ -24,9 +24,9 @@ from tests.test_families import NAMES, QUESTIONS, _family, _gens, _next, _state
 INT8_KL = 1e-3
 METHODS = {  # name -> compression settings: layer selection alone, and token eviction -> layer selection ->
     # quantization composed in the documented order (int8 alone: the fidelity test below and the acceptance check)
-    "kvcomm": dict(kv_policy="kvcomm", kv_keep=0.5),
-    "snapkv+layers+int4": dict(kv_policy="snapkv", kv_keep=0.6, kv_scope="head", kv_min_keep=3, kv_layers=0.5,
-                               kv_quant="int4", kv_quant_group=8),
+    "kvcomm": ("kvcomm", dict(kv_keep=0.5)),
+    "snapkv+layers+int4": ("snapkv", dict(kv_keep=0.6, kv_scope="head", kv_min_keep=3, kv_layers=0.5,
+                                          kv_quant="int4", kv_quant_group=8)),
 }
 
 
@@ -65,8 +65,9 @@ def test_handoff_batched_equals_one_by_one(fam, method):
     # Codes are a function of each row's own entries, but the entries themselves differ between a batch and a lone
     # row by float rounding (~1e-6); where that straddles a rounding boundary one code moves by a step, so quantized
     # hand-offs are held to the same greedy outputs and to 1e-3 on the logits instead of 1e-4.
-    tol = 1e-3 if METHODS[method].get("kv_quant") else 1e-4
-    assert _batched_vs_alone(fam, compressor(**METHODS[method])) < tol
+    policy, settings = METHODS[method]
+    tol = 1e-3 if settings.get("kv_quant") else 1e-4
+    assert _batched_vs_alone(fam, compressor(policy, **settings)) < tol
 
 
 def test_keep_all_layers_and_entries_is_bit_identical(fam):

@@ -72,7 +72,7 @@ def test_report_writes_table_and_plots(tmp_path):
     out = tmp_path / "rep"
     assert run.main(["report", str(runs), "--out", str(out)]) == 0
     for name in ("report.md", "report.json", "accuracy.png", "accuracy_vs_kv.png", "time_tokens.png",
-                 "fidelity.png"):
+                 "fidelity.png", "fidelity_vs_kv.png"):
         assert (out / name).exists(), name
     for png in out.glob("*.png"):
         assert png.read_bytes()[:8] == PNG
