@@ -1,6 +1,7 @@
 """The plots of a report, one PNG each, one panel per group (accuracies of different groups never share an axis)."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import stats
@@ -156,35 +157,25 @@ def plot_time_tokens(groups: list[tuple[str, list[Run]]], out: Path) -> Path:
 
 
 def plot_fidelity(groups: list[tuple[str, list[Run]]], out: Path) -> Path | None:
-    groups = [(name, [r for r in rs if r.compression and r.get("fidelity_agreement_mean") is not None])
-              for name, rs in groups]
-    groups = [(name, rs) for name, rs in groups if rs]
-    if not groups:
-        return None
-    fig, axes = _figure(len(groups), 2, 5.5, 3.8)
-    for (ax_a, ax_k), (name, runs) in zip(axes, groups):
-        keys = sorted({series_key(r) for r in runs}, key=str)
-        for key in keys:
-            pts = sorted((r for r in runs if series_key(r) == key), key=lambda r: r.compression["kv_keep"])
-            xs = [r.compression["kv_keep"] for r in pts]
-            label = series_label(key, keys)
-            ax_a.plot(xs, [r.get("fidelity_agreement_mean") for r in pts], marker="o", label=label)
-            ax_k.plot(xs, [r.get("fidelity_kl_mean") for r in pts], marker="o", label=label)
-        ax_a.set_ylabel("top-1 agreement with the uncompressed judger")
-        ax_a.set_ylim(-0.02, 1.02)
-        ax_k.set_ylabel("KL(full || compressed), nats/token")
-        for ax in (ax_a, ax_k):
-            ax.set_xlabel("keep ratio (--kv_keep)")
-            ax.grid(alpha=0.3)
-        ax_a.set_title(name, fontsize=9)
-        ax_a.legend(fontsize=7)
-    return _save(fig, out / "fidelity.png")
+    """Agreement and KL against the keep ratio, one line per policy."""
+    return _fidelity_against(groups, out / "fidelity.png", lambda r: r.compression.get("kv_keep"),
+                             "keep ratio (--kv_keep)")
 
 
 def plot_fidelity_vs_kv(groups: list[tuple[str, list[Run]]], out: Path) -> Path | None:
     """Agreement and KL against the judger's KV MiB: where the hand-off methods compete (matched byte budgets)."""
+    def mib(r: Run) -> float | None:
+        b = r.get("kv_bytes_judger_mean")
+        return None if b is None else b / 2 ** 20
+
+    return _fidelity_against(groups, out / "fidelity_vs_kv.png", mib, "judger KV cache, MiB (mean over items)")
+
+
+def _fidelity_against(groups: list[tuple[str, list[Run]]], path: Path, x: Callable[[Run], float | None],
+                      xlabel: str) -> Path | None:
+    """Top-1 agreement and KL of the compressed runs that measured fidelity, against x(run) (None: left out)."""
     groups = [(name, [r for r in rs if r.compression and r.get("fidelity_agreement_mean") is not None
-                      and r.get("kv_bytes_judger_mean") is not None]) for name, rs in groups]
+                      and x(r) is not None]) for name, rs in groups]
     groups = [(name, rs) for name, rs in groups if rs]
     if not groups:
         return None
@@ -192,20 +183,19 @@ def plot_fidelity_vs_kv(groups: list[tuple[str, list[Run]]], out: Path) -> Path 
     for (ax_a, ax_k), (name, runs) in zip(axes, groups):
         keys = sorted({series_key(r) for r in runs}, key=str)
         for key in keys:
-            pts = sorted((r for r in runs if series_key(r) == key), key=lambda r: r.get("kv_bytes_judger_mean"))
-            xs = [r.get("kv_bytes_judger_mean") / 2 ** 20 for r in pts]
+            pts = sorted((r for r in runs if series_key(r) == key), key=x)
             label = series_label(key, keys)
-            ax_a.plot(xs, [r.get("fidelity_agreement_mean") for r in pts], marker="o", label=label)
-            ax_k.plot(xs, [r.get("fidelity_kl_mean") for r in pts], marker="o", label=label)
+            ax_a.plot([x(r) for r in pts], [r.get("fidelity_agreement_mean") for r in pts], marker="o", label=label)
+            ax_k.plot([x(r) for r in pts], [r.get("fidelity_kl_mean") for r in pts], marker="o", label=label)
         ax_a.set_ylabel("top-1 agreement with the uncompressed judger")
         ax_a.set_ylim(-0.02, 1.02)
         ax_k.set_ylabel("KL(full || compressed), nats/token")
         for ax in (ax_a, ax_k):
-            ax.set_xlabel("judger KV cache, MiB (mean over items)")
+            ax.set_xlabel(xlabel)
             ax.grid(alpha=0.3)
         ax_a.set_title(name, fontsize=9)
         ax_a.legend(fontsize=7)
-    return _save(fig, out / "fidelity_vs_kv.png")
+    return _save(fig, path)
 
 
 def _save(fig, path: Path) -> Path:
