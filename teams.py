@@ -21,7 +21,6 @@ Team-level settings for text_mas's hand-off (an imported reference team sets the
 """
 from __future__ import annotations
 
-import json
 import string
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,22 +174,17 @@ def parse_team(data: object, source: str) -> Team:
 
 
 def load_team(path: str | Path) -> Team:
+    """A team file, read as strictly as experiment files (a key twice, alias bombs and NaN refused)."""
+    import strictfiles
+
     path = Path(path)
+    fmt = "yaml" if path.suffix.lower() in (".yaml", ".yml") else "json"
     try:
-        text = path.read_text(encoding="utf-8")
+        data = strictfiles.parse(strictfiles.read_text(path), fmt)
     except OSError as e:
         raise TeamError(f"cannot read team file {path}: {e.strerror}; give --agents a JSON or YAML file") from None
-    try:
-        if path.suffix.lower() in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text)
-        else:
-            data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise TeamError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
-    except Exception as e:  # yaml errors carry their own line marks
-        raise TeamError(f"{path}: invalid YAML: {' '.join(str(e).split())}") from None
+    except (strictfiles.DocumentError, UnicodeDecodeError) as e:
+        raise TeamError(f"{path}: {strictfiles.clip(e)}") from None
     return parse_team(data, str(path))
 
 
