@@ -247,25 +247,17 @@ def _exit_code(exc: SystemExit) -> int:
 
 
 def _guarded(role) -> None:
-    """Run role() and exit this process with its code, as the interpreter would, and never return: a forked child
-    must not unwind into its parent's code, and a sample's sys.exit is its exit status."""
-    code = 1
-    try:
-        code = role() or 0
-    except SystemExit as exc:
-        code = _exit_code(exc)
-    except BaseException:  # noqa: BLE001 - report like an uncaught exception: traceback on stderr, status 1
+    """Run role() in this forked process and exit with its status, never returning (sandbox.processes.exit_with); a
+    sample's sys.exit is its exit status, as the interpreter would make it."""
+    from sandbox.processes import exit_with
+
+    def status():
         try:
-            sys.excepthook(*sys.exc_info())
-        except BaseException:  # noqa: BLE001
-            pass
-    finally:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except BaseException:  # noqa: BLE001 - e.g. the output file is at its size limit
-                pass
-        os._exit(code)
+            return role()
+        except SystemExit as exc:
+            return _exit_code(exc)
+
+    exit_with(status)
 
 
 def _main() -> None:

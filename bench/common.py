@@ -134,3 +134,11 @@ def write_json(path: str, payload: dict) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(payload, indent=2, default=str))
     print(f"[bench] wrote {out}", file=sys.stderr)
+
+
+def save(args, info, dev, summary, rows, t_start) -> None:
+    """A sweep bench's table and rows as JSON at args.out, with the data, machine and wall time."""
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"args": vars(args), "data": info, "machine": machine(dev), "table": summary,
+                               "rows": rows, "wall_s": time.time() - t_start}, indent=2))

@@ -8,7 +8,6 @@ settings see the same machine noise. Greedy decoding; batched == unbatched is te
 """
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 import time
@@ -18,7 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import items_and_config, machine, parser, run_flags, setup, table  # noqa: E402
+from common import items_and_config, parser, run_flags, save, setup, table  # noqa: E402
 
 from compression import POLICIES, Compressor  # noqa: E402
 from config import CompressionConfig  # noqa: E402
@@ -104,13 +103,6 @@ def main() -> None:
     print(table(["setting", "judger KV MiB", "kept share", "time/item s", "compress s/item", "agreement", "KL",
                     "same output", "accuracy (95% CI)"], out))
     save(args, info, dev, summary, rows, t_start)
-
-
-def save(args, info, dev, summary, rows, t_start) -> None:
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"args": vars(args), "data": info, "machine": machine(dev), "table": summary,
-                               "rows": rows, "wall_s": time.time() - t_start}, indent=2))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ runs once (the reference, as in compression_sweep.py), then every setting is sco
 """
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 import time
@@ -20,7 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import items_and_config, machine, parser, run_flags, setup, table  # noqa: E402
+from common import items_and_config, parser, run_flags, save, setup, table  # noqa: E402
 
 from compression import Compressor  # noqa: E402
 from config import CompressionConfig  # noqa: E402
@@ -101,13 +100,6 @@ def summarize(runs, rows) -> dict:
                           **{f"{k}_mean": statistics.mean(x[k] for x in r)
                              for k in ("kv_bytes_judger", "compress_s", "agreement", "kl", "output_match")}}
     return out
-
-
-def save(args, info, dev, summary, rows, t_start) -> None:
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"args": vars(args), "data": info, "machine": machine(dev), "table": summary,
-                               "rows": rows, "wall_s": time.time() - t_start}, indent=2))
 
 
 if __name__ == "__main__":

@@ -57,7 +57,7 @@ def confine(box: Sandbox) -> dict:
             "shm_refused": filtered and not box.cgroup}
 
 
-def _child(role: Callable[[], int | None]) -> None:
+def exit_with(role: Callable[[], int | None]) -> None:
     """Run role() in a forked child and exit with its code: the child never unwinds into its parent's code. The
     program's own exits are translated by code_eval's runner; here anything raised is a failure of the sandbox."""
     code = 1
@@ -136,7 +136,7 @@ def outer(cfg: dict, program: Callable[[Sandbox], None]) -> int:
     init = os.fork()
     if init == 0:
         os.setpgid(0, 0)  # a group of its own for init and program: the outer runner kills it as a whole
-        _child(lambda: _init(Sandbox(cfg, port, host_net, pid_ns, status_w), init_w, program))
+        exit_with(lambda: _init(Sandbox(cfg, port, host_net, pid_ns, status_w), init_w, program))
     os.close(init_w)
     os.close(status_w)
     if listener:

@@ -280,7 +280,7 @@ def test_the_map_bench_measures_on_held_out_tokens(loaded):
 
     from tests.conftest import ROOT
 
-    spec = importlib.util.spec_from_file_location("bench_latent_map", ROOT / "bench" / "latent_map.py")
+    spec = importlib.util.spec_from_file_location("bench_latent_map", ROOT / "bench" / "latent_map_fit.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     a, b = ModelWrapper(*loaded["a"]), ModelWrapper(*loaded["b"])

@@ -5,7 +5,7 @@ held-out tokens, as nearest-token agreement (the receiver's nearest embedding, b
 sender embedding is that token's own) and as R^2 of the mapped embeddings against the receiver's. The sender mapped
 onto itself is the control (the identity: agreement 1 up to duplicate embeddings); chance is 1 / vocabulary.
 
-    python bench/latent_map.py --sender smollm2-135m --receiver PATH_OR_HUB_ID [--held_out 0.1]
+    python bench/latent_map_fit.py --sender smollm2-135m --receiver PATH_OR_HUB_ID [--held_out 0.1]
 """
 from __future__ import annotations
 
