@@ -74,9 +74,6 @@ def team_of(cfg: RunConfig, saved: dict | None = None):
         return with_first_agent_text(team) if cfg.team.first_agent_text else team
     except TeamError as e:
         raise ConfigError(str(e)) from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"--agents {agents} is not UTF-8 text (a binary file?); give a JSON or YAML team file "
-                          "(see teams/)") from None
 
 
 # --- one run, start to end -------------------------------------------------------------------------------------------

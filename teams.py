@@ -183,7 +183,10 @@ def load_team(path: str | Path) -> Team:
         data = strictfiles.parse(strictfiles.read_text(path), fmt)
     except OSError as e:
         raise TeamError(f"cannot read team file {path}: {e.strerror}; give --agents a JSON or YAML file") from None
-    except (strictfiles.DocumentError, UnicodeDecodeError) as e:
+    except UnicodeDecodeError:
+        raise TeamError(f"{path} is not UTF-8 text (a binary file?); give --agents a JSON or YAML team file "
+                        "(see teams/)") from None
+    except strictfiles.DocumentError as e:
         raise TeamError(f"{path}: {strictfiles.clip(e)}") from None
     return parse_team(data, str(path))
 
