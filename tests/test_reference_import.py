@@ -173,6 +173,105 @@ def test_team_file_settings_are_checked(tmp_path):
                                                                  team.context_names, "none", None)
 
 
+# --- a prompt file (the Science-LatentMAS branch's --custom_prompt_file) ----------------------------------------------
+
+PROMPT_FILE = STANDIN / "team_prompts.json"
+
+
+def _file_args(task, method, n=-1):
+    """The args the stand-in's run.py would hand its builders with team_prompts.json."""
+    a = _args(task, method, n)
+    a.custom_prompts = json.loads(PROMPT_FILE.read_text())
+    return a
+
+
+@pytest.fixture(scope="module")
+def from_file(tmp_path_factory):
+    out = tmp_path_factory.mktemp("from_file")
+    lines = []
+    files = import_all(STANDIN, out, echo=lines.append, prompt_file="team_prompts.json")  # found inside REF_DIR
+    return out, files, lines
+
+
+def test_prompt_file_agents_and_templates_give_the_builders_messages(from_file):
+    """The file's agents replace the default ones (an entry without a role is dropped, as the reference drops it);
+    its templates, its empty system message, a template that does not format (taken as it stands) and the built-in
+    planner prompt it cannot override all render what the builders give with the file in args."""
+    ref = _builders()
+    for task in ("gsm8k", "medqa"):
+        team = load_team(from_file[0] / f"sequential_{task}.yaml")
+        assert [(a.name, a.role) for a in team.agents] == [("Scout", "scout"), ("Checker", "checker"),
+                                                           ("Closer", "closer")]
+        assert team.context_cut == "python_slice" and team.reference["prompt_file"] == str(PROMPT_FILE)
+        for agent in team.agents:
+            assert agent.system is None
+            for q in QUESTIONS:
+                want = ref.build_agent_message_sequential_latent_mas(agent.role, q, "", method="latent_mas",
+                                                                     args=_file_args(task, "latent_mas"))
+                assert want == [{"role": "user", "content": agent_prompt(agent, "latent", q, "unused")}]
+                for n in (-1, 5, 1000):
+                    ctx = "[Scout]:\nstep {one}\n\n[Checker]:\nok\n\n"
+                    want = ref.build_agent_messages_sequential_text_mas(agent.role, q, ctx, method="text_mas",
+                                                                         args=_file_args(task, "text_mas", n))
+                    assert want[-1]["content"] == agent_prompt(agent, "text", q, "unused", python_slice(ctx, n))
+        # {the rule} does not format, so the whole template is sent as written, its {question} included
+        assert agent_prompt(team.agents[1], "text", "Q?", "x", "") == "Check {question} against {the rule}."
+
+
+def test_prompt_file_changes_what_the_reference_changes_and_says_so(from_file, imported):
+    out, files, lines = from_file
+    names = {p.stem for p in files}
+    # no judger role: the sequential builders no longer reject the code tasks
+    assert {f"sequential_{t}" for t in ("humaneval", "mbpp")} <= names and len(names) == 22
+    assert f"{PROMPT_FILE} changed 15 of the 22 team files; the others are what the builders give without it" in lines
+    # the stand-in's baseline builder does not read the file: its teams are the plain import's
+    assert load_team(out / "baseline_gsm8k.yaml").agents == load_team(imported[0] / "baseline_gsm8k.yaml").agents
+    hier = load_team(out / "hierarchical_gsm8k.yaml")
+    assert hier.context_names == () and hier.handed_on(hier.agents[0], "x") == "[Scout]:\nx\n\n"  # not in its map
+    # imported without a file, the checkout's prompt-file option and the JSON it ships are named
+    assert any(x.startswith("note: its run.py also reads --custom_prompt_file") and "team_prompts.json" in x
+               for x in imported[2])
+
+
+def test_prompt_file_that_is_text_empty_missing_or_unread_by_the_checkout(tmp_path, imported):
+    text = tmp_path / "plain.txt"
+    text.write_text("Answer {question} briefly.")
+    lines = []
+    files = import_all(STANDIN, tmp_path / "t", tasks=["gsm8k"], echo=lines.append, prompt_file=text)
+    assert lines[0] == f"{text} changed 0 of the 3 team files; the others are what the builders give without it"
+    assert [load_team(f).agents for f in files] == [load_team(imported[0] / f.name).agents for f in files]
+    (tmp_path / "empty.json").write_text(" \n")
+    for given, words in [(tmp_path / "empty.json", "prompt file is empty"), ("nope.json", "no such prompt file")]:
+        with pytest.raises(ImportTeamError, match=words):
+            load_reference(STANDIN, prompt_file=given)
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"agents": [{"name": 3, "role": "x"}]}')
+    with pytest.raises(ImportTeamError, match="must be strings, not 3"):
+        load_reference(STANDIN, prompt_file=bad)
+    no_option = tmp_path / "ref"
+    no_option.mkdir()
+    (no_option / "prompts.py").write_text((STANDIN / "prompts.py").read_text())
+    with pytest.raises(ImportTeamError, match="has no --custom_prompt_file: this checkout reads no prompt files"):
+        load_reference(no_option, prompt_file=PROMPT_FILE)
+
+
+def test_prompt_file_team_traces_equal_the_builders(tiny, from_file, tmp_path, capsys):
+    ref, w = _builders(), ModelWrapper(*tiny)
+    team = load_team(from_file[0] / "sequential_gsm8k.yaml")
+    rec = get_method("text_mas")(w, _items(), _cfg(team=team))[0]
+    ctx = ""
+    for a in rec["agents"]:
+        assert a["messages"] == ref.build_agent_messages_sequential_text_mas(
+            a["role"], rec["question"], ctx, method="text_mas", args=_file_args("gsm8k", "text_mas"))
+        ctx += f"[{a['name']}]:\n{a['output']}\n\n"
+    assert "output_ids" in rec["agents"][-1]
+    assert run.main(["import-team", str(STANDIN), "--prompt_file", str(PROMPT_FILE), "--task", "gsm8k", "--out",
+                     str(tmp_path / "t")]) == 0
+    assert (tmp_path / "t" / "sequential_gsm8k.yaml").read_text() == \
+        (from_file[0] / "sequential_gsm8k.yaml").read_text()
+    assert "changed 2 of the 3 team files" in capsys.readouterr().out
+
+
 # --- runs with imported teams, --trace -------------------------------------------------------------------------------
 
 def _cfg(**kw):
