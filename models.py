@@ -291,9 +291,12 @@ FALLBACK_STOPS = ("\nUser:", "\nSystem:")  # the plain format's next turn: a bas
 
 class ModelWrapper:
     def __init__(self, model, tokenizer, device: torch.device, realign: bool | str = False,
-                 build_realigner: bool = True):
+                 build_realigner: bool = True, realigner: Realigner | None = None):
         self.model, self.tokenizer, self.device = model, tokenizer, device
-        self.realigner = Realigner.build(model, realign) if build_realigner else None
+        # `realigner`: one built before for this model and `realign` (a sweep reuses it across cells)
+        self.realigner = None
+        if build_realigner:
+            self.realigner = realigner if realigner is not None else Realigner.build(model, realign)
         self.stop_ids = self._stop_ids()
         self.prompt_format = "chat_template" if getattr(tokenizer, "chat_template", None) else "fallback"
         self.stop_texts = FALLBACK_STOPS if self.prompt_format == "fallback" else ()
@@ -510,9 +513,10 @@ class TeamModels:
 
 
 def team_models(team, default: str, make: Callable[[str], ModelWrapper], flow: str, cross_model: str = "text",
-                method: str = "latent_mas", log=print):
+                method: str = "latent_mas", log=print, build_map: Callable | None = None):
     """Load each distinct model of `team` once (`make(name)` loads and wraps one; agents without a `model` take
-    `default`), decide the cross-model hand-offs (teams.cross_model_plan) and build the latent maps they need.
+    `default`), decide the cross-model hand-offs (teams.cross_model_plan) and build the latent maps they need
+    (`build_map(sender, receiver)`, default LatentMap.build; a sweep passes one that keeps the maps it built).
     Returns (TeamModels, the team as it runs, notices). `log` gets one line per model with the memory it takes."""
     from latent_map import LatentMap, LatentMapError
     from teams import cross_model_plan, senders
@@ -538,7 +542,7 @@ def team_models(team, default: str, make: Callable[[str], ModelWrapper], flow: s
                 continue
             try:
                 t0 = time.time()
-                models.maps[pair] = m = LatentMap.build(wrappers[pair[0]], wrappers[pair[1]])
+                models.maps[pair] = m = (build_map or LatentMap.build)(wrappers[pair[0]], wrappers[pair[1]])
             except LatentMapError as e:
                 raise ModelError(f"--cross_model latent-map: agent {team.agents[j].name} ({pair[0]}) hands latents "
                                  f"to {team.agents[k].name} ({pair[1]}), but {e}; use --cross_model text") from None

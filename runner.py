@@ -12,7 +12,6 @@ Every refusal is an errors.RunError with a one-line message; run.py prints it an
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -118,13 +117,13 @@ class OpenRun:
         return self.plan.cfg
 
 
-def start(plan: Plan, run_dir: RunDir, wrapper_for: Callable | None = None, again: str = "",
+def start(plan: Plan, run_dir: RunDir, loader: Loader | None = None, again: str = "",
           label: str | None = None, name: str | None = None, group: str | None = None) -> OpenRun:
-    """Load what the run needs into its open directory and start its trackers (`group`: the sweep's name). A failure
-    before anything was written removes the folder it created (no empty folders from failed starts); every failure
-    releases the directory's lock."""
+    """Load what the run needs into its open directory (its models from `loader`: a sweep's pool) and start its
+    trackers (`group`: the sweep's name). A failure before anything was written removes the folder it created (no
+    empty folders from failed starts); every failure releases the directory's lock."""
     try:
-        items, data_info, wrapper, method_cfg = load(plan, run_dir, wrapper_for)
+        items, data_info, wrapper, method_cfg = load(plan, run_dir, loader)
     except BaseException:
         run_dir.discard()
         raise
@@ -149,9 +148,9 @@ def start(plan: Plan, run_dir: RunDir, wrapper_for: Callable | None = None, agai
                    label or f"[run]{plan.launch.tag}", name or f"{cfg.method}/{cfg.data.task}", tracking)
 
 
-def load(plan: Plan, run_dir: RunDir, wrapper_for: Callable | None = None) -> tuple:
-    """Items, model and method settings of this run; writes config.json for a new run. `wrapper_for(cfg, launch)`:
-    a model wrapper for these settings (a sweep loads each model once); default load_wrapper."""
+def load(plan: Plan, run_dir: RunDir, loader: Loader | None = None) -> tuple:
+    """Items, model and method settings of this run; writes config.json for a new run. `loader`: where the models
+    come from (a sweep's pool keeps them across cells); default a Loader that loads them for this run."""
     # heavy imports after the checks, so --help and bad flags answer at once
     from compression import compressor_from_args
     from data import load_task
@@ -165,7 +164,7 @@ def load(plan: Plan, run_dir: RunDir, wrapper_for: Callable | None = None) -> tu
     if not items:
         raise ConfigError(f"task {d.task} gave no items; check --split / --data_path")
     n_total, items = len(items), launch.shard(items)
-    wrapper, models = load_models(plan, wrapper_for or load_wrapper)
+    wrapper, models = load_models(plan, loader or Loader())
     compressor = compressor_from_args(cfg.compression)
     if compressor is not None:
         for w in models.wrappers.values() if models else [wrapper]:
@@ -180,41 +179,57 @@ def load(plan: Plan, run_dir: RunDir, wrapper_for: Callable | None = None) -> tu
     return items, data_info, wrapper, method_cfg
 
 
-def load_models(plan: Plan, wrapper_for: Callable) -> tuple:
+class Loader:
+    """Where a run's models and latent maps come from: this one loads them for the run that asks (a single run);
+    sweep.ModelPool keeps each across the cells that need it."""
+
+    def wrapper(self, cfg: RunConfig, launch: Launch):
+        """A fresh wrapper (seeded as a run of its own) on cfg.model.model_name with cfg's hardware settings."""
+        return load_wrapper(cfg, launch)
+
+    def latent_map(self, sender, receiver):
+        """The latent map between two models.ModelWrapper (--cross_model latent-map)."""
+        from latent_map import LatentMap
+
+        return LatentMap.build(sender, receiver)
+
+
+def load_models(plan: Plan, loader: Loader) -> tuple:
     """The run's models: (the wrapper the loop hands to the method: the last agent's, models.TeamModels or None for
-    baseline). A team loads each distinct model its agents name once (--model_name's through `wrapper_for`, so a
-    sweep's loaded model serves) and runs as models.team_models decides: plan.team becomes the team as it runs
-    (config.json saves that one), and each change is said in one line."""
+    baseline). A team loads each distinct model its agents name once, through `loader` (so a sweep's loaded models
+    serve), and runs as models.team_models decides: plan.team becomes the team as it runs (config.json saves that
+    one), and each change is said in one line."""
     from models import team_models
     from parallel import DEVICE_MAPS
     from registry import TOPOLOGIES
 
     cfg, launch = plan.cfg, plan.launch
     if plan.team is None:
-        return wrapper_for(cfg, launch), None
+        return loader.wrapper(cfg, launch), None
 
     def make(name: str):
         if name == cfg.model.model_name:
-            return wrapper_for(cfg, launch)
+            return loader.wrapper(cfg, launch)
         if cfg.hardware.device_map and cfg.hardware.device_map not in DEVICE_MAPS:
             raise ConfigError(f"--device_map {cfg.hardware.device_map} names one model's modules; a team of several "
                               f"models takes a strategy ({', '.join(DEVICE_MAPS)}) that places each model in turn")
-        return load_wrapper(cfg.updated({"model_name": name}), launch)
+        return loader.wrapper(cfg.updated({"model_name": name}), launch)
 
     def log(line: str) -> None:
         if launch.is_main:
             print(line, file=sys.stderr)
 
     models, plan.team, notices = team_models(plan.team, cfg.model.model_name, make, TOPOLOGIES[cfg.team.prompt][1],
-                                             cfg.model.cross_model, cfg.method, log)
+                                             cfg.model.cross_model, cfg.method, log, loader.latent_map)
     for line in notices:
         log(f"[team] {line}")
     return models.of(len(models.names) - 1), models
 
 
-def load_wrapper(cfg: RunConfig, launch: Launch, loaded: tuple | None = None):
+def load_wrapper(cfg: RunConfig, launch: Launch, loaded: tuple | None = None, realigner=None):
     """The model on this process's device, wrapped (models.ModelWrapper) with the run's model settings. `loaded`:
-    (model, tokenizer, device) from models.load_model, when the caller loaded the model already."""
+    (model, tokenizer, device) from models.load_model, when the caller loaded the model already; `realigner`: the
+    models.Realigner built for this model and --realign before (a sweep's pool keeps it), else built here."""
     from models import ModelWrapper, load_model
 
     hw = cfg.hardware
@@ -223,7 +238,7 @@ def load_wrapper(cfg: RunConfig, launch: Launch, loaded: tuple | None = None):
     set_seed(cfg.decoding.seed)
     # the realignment matrix is built once here, outside every timed region
     wrapper = ModelWrapper(model, tokenizer, device, realign=cfg.latent.realign,
-                           build_realigner=cfg.method == "latent_mas")
+                           build_realigner=cfg.method == "latent_mas", realigner=realigner)
     wrapper.prefix_reuse = cfg.model.prefix_reuse
     if hw.compile:
         wrapper.compile = True  # compiles the one-token steps once, here

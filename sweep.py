@@ -19,9 +19,10 @@ Each cell is OUTPUT_DIR/<name>, the name made from the cell's values on the keys
 item by item (the --run_dir machinery of rundir.py; a folder holding other settings is refused). A cell that the
 configuration's rules refuse (kv_keep without a policy, ...) is listed with the reason and skipped; the sweep goes on.
 
-Cells run in this process, grouped by model: a model is loaded once per (model, device, dtype, attention, device
-map, compile) and every cell of it runs on the same weights, each with a fresh wrapper (seeded as a run of its own,
-so its records equal those of a separate run). With --fidelity, cells that differ only in compression settings run
+Cells run in this process, grouped by model: a model (--model_name or a team agent's) is loaded once per (model,
+device, dtype, attention, device map, compile) and kept while a later cell needs it; every cell of it runs on the
+same weights, each with a fresh wrapper (seeded as a run of its own, so its records equal those of a separate run);
+realignment and latent maps are built once per model (pair). With --fidelity, cells that differ only in compression settings run
 batch by batch side by side and share one uncompressed reference per batch of items. --cell_shard I/N runs cells
 I, I+N, ... (a SLURM array, one process per GPU); several processes on one sweep folder never write the same cell
 (each cell's run directory is locked). At the end: a table of the cells (sweep.md) and the report command.
@@ -90,6 +91,7 @@ class Cell:
     refused: str | None = None  # the configuration's rules refuse this combination: listed, never run
     warnings: list[str] = field(default_factory=list)
     status: str = ""  # after running: ran, resumed, complete, refused, failed, busy, interrupted
+    on_disk: str = ""  # disk_state when the sweep was listed: new, partial, complete, other
     note: str = ""
 
     @property
@@ -348,6 +350,7 @@ def listing(sweep: Sweep, mine: list[Cell], shard: tuple[int, int] | None) -> It
         n, text = item_count(c.cfg)
         total, unknown = total + (n or 0), unknown + (n is None)
         state, detail = disk_state(c)
+        c.on_disk = state
         yield f"{c.index:>4}  {text:>12}  {state:<10}  {c.path}" + (f"  ({detail})" if detail else "")
     yield f"items over all cells: {total}" + (f" + {unknown} cells of unknown size" if unknown else "")
     counts = {m: sum(1 for c in mine if not c.refused and c.model_key == m) for m in models}
@@ -369,43 +372,88 @@ def warnings_once(cells: list[Cell], varied: list[str]) -> list[str]:
 
 # --- running ---------------------------------------------------------------------------------------------------------
 
-class ModelPool:
-    """One model in memory at a time: loaded when the first cell of it needs it, kept for every following cell of
-    the same model key, released before the next model loads (the cells are ordered by model)."""
+def pool_key(cfg: RunConfig) -> tuple:
+    """What the loaded weights of cfg's model depend on: the model (a local folder by its real path, as a team
+    names it) and the hardware settings in MODEL_KEYS."""
+    from models import model_identity
+
+    return (model_identity(cfg.model.model_name), *(cfg.get(k) for k in MODEL_KEYS[1:]))
+
+
+def needs(cell: Cell) -> set[tuple]:
+    """The pool keys of the models the cell's run loads: --model_name's, or every model its team names."""
+    cfg = cell.cfg
+    names = cell.team.model_names(cfg.model.model_name) if cell.team is not None else (cfg.model.model_name,)
+    return {pool_key(cfg.updated({"model_name": n})) for n in names}
+
+
+class ModelPool(runner.Loader):
+    """The sweep's models: each distinct model (pool_key) loaded when the first cell needs it and kept while a later
+    cell still needs it (run_sweep releases the others after each unit of work), with the realignment matrix per
+    (model, --realign) and the latent map per pair of models built once. Every cell gets a fresh wrapper on the
+    kept weights, seeded as a run of its own."""
 
     def __init__(self):
-        self.key, self.loaded, self.error, self.loads = None, None, None, 0
+        self.loaded: dict[tuple, tuple] = {}  # pool key -> (model, tokenizer, device)
+        self.errors: dict[tuple, str] = {}  # pool key -> why it did not load (not tried again for each cell)
+        self.key_of: dict[int, tuple] = {}  # id(model) -> its pool key
+        self.realigners: dict[tuple, object] = {}  # (pool key, realign method) -> models.Realigner
+        self.maps: dict[tuple, object] = {}  # (sender key, receiver key, receiver's latent norm) -> LatentMap
+        self.loads = 0
 
     def wrapper(self, cfg: RunConfig, launch: Launch):
         import models
 
-        key = tuple(cfg.get(k) for k in MODEL_KEYS)
-        if key != self.key:
-            self.release()
-            self.key = key
+        key = pool_key(cfg)
+        if key not in self.loaded and key not in self.errors:
             hw = cfg.hardware
-            print(f"[{LABEL}] loading {cfg.model.model_name} (once for all its cells)", file=sys.stderr)
+            print(f"[{LABEL}] loading {cfg.model.model_name} (once for all the cells that use it)", file=sys.stderr)
             try:
-                self.loaded = models.load_model(cfg.model.model_name, launch.device(hw.device), hw.dtype,
-                                                hw.attn_implementation, hw.device_map, hw.max_memory)
+                self.loaded[key] = loaded = models.load_model(cfg.model.model_name, launch.device(hw.device), hw.dtype,
+                                                              hw.attn_implementation, hw.device_map, hw.max_memory)
+                self.key_of[id(loaded[0])] = key
                 self.loads += 1
             except models.ModelError as e:
-                self.error = str(e)
-        if self.error:
-            raise ConfigError(self.error)
-        return runner.load_wrapper(cfg, launch, loaded=self.loaded)  # a fresh wrapper, seeded as a run of its own
+                self.errors[key] = str(e)
+        if key in self.errors:
+            raise ConfigError(self.errors[key])
+        realign = (key, {True: "ridge", False: "norm"}.get(cfg.latent.realign, cfg.latent.realign))
+        w = runner.load_wrapper(cfg, launch, loaded=self.loaded[key], realigner=self.realigners.get(realign))
+        if w.realigner is not None:
+            self.realigners[realign] = w.realigner
+        return w
 
-    def release(self):
-        if self.loaded is not None:
-            self.loaded = None
-            import gc
+    def latent_map(self, sender, receiver):
+        keys = (self.key_of.get(id(sender.model)), self.key_of.get(id(receiver.model)))
+        if None in keys:  # not the pool's models: nothing to key it by
+            return super().latent_map(sender, receiver)
+        # LatentMap.build reads the two models' embeddings and tokenizers and the receiver's latent norm
+        key = (*keys, receiver.realigner.target_norm if receiver.realigner is not None else None)
+        if key not in self.maps:
+            self.maps[key] = super().latent_map(sender, receiver)
+        return self.maps[key]
 
-            import torch
+    def keep_only(self, wanted: set[tuple] | None = None) -> None:
+        """Release every model not in `wanted` (None: all), with its realignment and latent maps."""
+        gone = [k for k in {*self.loaded, *self.errors} if wanted is None or k not in wanted]
+        if not gone:
+            return
+        for k in gone:
+            model = self.loaded.pop(k, (None,))[0]
+            self.key_of.pop(id(model), None)
+            self.errors.pop(k, None)
+        self.realigners = {rk: r for rk, r in self.realigners.items() if rk[0] not in gone}
+        self.maps = {mk: m for mk, m in self.maps.items() if mk[0] not in gone and mk[1] not in gone}
+        import gc
 
-            gc.collect()
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        self.key = self.error = None
+        import torch
+
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def release(self) -> None:
+        self.keep_only(None)
 
 
 def open_cell(cell: Cell, pool: ModelPool, file: Path) -> runner.OpenRun | None:
@@ -422,7 +470,7 @@ def open_cell(cell: Cell, pool: ModelPool, file: Path) -> runner.OpenRun | None:
         cell.status, cell.note = ("busy" if "in use by" in str(e) else "refused"), str(e)
         return None
     try:
-        o = runner.start(plan, run_dir, pool.wrapper, again="run the sweep again",
+        o = runner.start(plan, run_dir, pool, again="run the sweep again",
                          label=f"[{LABEL}] cell {cell.index} {cell.name}:", name=cell.name, group=file.stem)
     except RunError as e:
         cell.status, cell.note = "failed", str(e)
@@ -563,11 +611,18 @@ def run_sweep(sweep: Sweep, shard: tuple[int, int] | None, dry_run: bool) -> int
     for c in mine:
         if c.refused:
             c.status, c.note = "refused", c.refused
+    work = units([c for c in mine if not c.refused])  # a complete cell is skipped when its turn comes
+    # the models each unit loads (none for cells complete on disk), so that each is kept exactly while a later unit
+    # still needs it
+    wanted = [set().union(*(needs(c) for c in unit if c.on_disk != "complete")) for unit in work]
+    left = collections.Counter(k for w in wanted for k in w)
     try:
-        for unit in units([c for c in mine if not c.refused]):  # a complete cell is skipped when its turn comes
+        for unit, w in zip(work, wanted):
             if run_unit(unit, pool, sweep.file):
                 interrupted = True
                 break
+            left.subtract(w)
+            pool.keep_only({k for k, n in left.items() if n > 0})
     except RunError as e:
         error = e
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM while a cell's model or data loaded: the table is still written

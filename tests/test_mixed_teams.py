@@ -386,3 +386,49 @@ def test_the_report_tells_latent_map_runs_apart(tmp_path):
     label_runs(found)
     assert [r.label for r in found] == ["latent_mas m10 latent-map", "latent_mas m10"]
     assert cell_key(found[0]) != cell_key(found[1])  # two settings, not two seeds of one
+
+
+def test_a_sweep_loads_each_team_model_and_latent_map_once(dirs, tmp_path, monkeypatch, capsys):
+    """Three cells: a mixed team (second model through a latent map) at two seeds, then the default team. The second
+    model, the map and each realignment are built once, the second model is released before the cell that does not
+    need it, and every cell's records equal those of the same run started alone."""
+    import json
+
+    import models
+    import run
+    import sweep
+    from tests.conftest import results_of, untimed
+
+    team = tmp_path / "mixed.json"
+    team.write_text(json.dumps({"agents": [{"name": "Scout", "prompt": "Look at {question}"},
+                                           {"name": "Closer", "prompt": "{question} {answer}", "model": dirs["b"]}]}))
+    common = {"method": "latent_mas", "model_name": dirs["a"], "device": "cpu", "task": "gsm8k", "max_samples": 2,
+              "max_new_tokens": 4, "latent_steps": 1, "temperature": 0.7, "cross_model": "latent-map"}
+    f = tmp_path / "sweep.yaml"
+    f.write_text(json.dumps({**common, "output_dir": str(tmp_path / "sw"),
+                             "grid": [{"agents": str(team), "seed": [1, 2]}, {"seed": 3}]}))
+    loads, maps, realigns, held = [], [], [], []
+    real_load, real_map, real_realign = models.load_model, LatentMap.build, models.Realigner.build.__func__
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: loads.append(a[0]) or real_load(*a, **k))
+    monkeypatch.setattr(LatentMap, "build", classmethod(lambda cls, *a, **k: maps.append(1) or real_map(*a, **k)))
+    monkeypatch.setattr(models.Realigner, "build",
+                        classmethod(lambda cls, m, *a, **k: realigns.append(m) or real_realign(cls, m, *a, **k)))
+
+    class Pool(sweep.ModelPool):  # what the pool holds whenever a cell asks for a model
+        def wrapper(self, cfg, launch):
+            held.append(sorted(k[0] for k in self.loaded))
+            return super().wrapper(cfg, launch)
+    monkeypatch.setattr(sweep, "ModelPool", Pool)
+    assert run.main(["sweep", str(f)]) == 0
+    assert "3 of 3 cells complete, 2 model load(s)" in capsys.readouterr().err
+    assert loads == [dirs["a"], dirs["b"]] and len(maps) == 1 and len({id(m) for m in realigns}) == len(realigns) == 2
+    a, both = [dirs["a"]], sorted([dirs["a"], dirs["b"]])
+    assert held == [[], a, both, both, a]  # per cell the models it asks for; b released before the cell without it
+    cells = sorted(p.name for p in (tmp_path / "sw").iterdir() if p.is_dir())
+    assert cells == ["mixed_s1", "mixed_s2", "s3"]
+    for name in cells:
+        seed, flags = name[-1], [] if name == "s3" else ["--agents", str(team)]
+        argv = [x for k, v in common.items() for x in (f"--{k}", str(v))]
+        assert run.main([*argv, *flags, "--seed", seed, "--output_dir", str(tmp_path / name)]) == 0
+        (solo,) = (tmp_path / name).iterdir()
+        assert untimed(results_of(solo)) == untimed(results_of(tmp_path / "sw" / name))
