@@ -23,9 +23,9 @@ Cells run in this process, grouped by model: a model (--model_name or a team age
 device, dtype, attention, device map, compile) and kept while a later cell needs it; every cell of it runs on the
 same weights, each with a fresh wrapper (seeded as a run of its own, so its records equal those of a separate run);
 realignment and latent maps are built once per model (pair). With --fidelity, cells that differ only in compression
-settings run batch by batch side by side and share one uncompressed reference per batch of items. --cell_shard I/N runs cells
-I, I+N, ... (a SLURM array, one process per GPU); several processes on one sweep folder never write the same cell
-(each cell's run directory is locked). At the end: a table of the cells (sweep.md) and the report command.
+settings run batch by batch side by side and share one uncompressed reference per batch of items. --cell_shard I/N
+runs cells I, I+N, ... (a SLURM array, one process per GPU); several processes on one sweep folder never write the
+same cell (each cell's run directory is locked). At the end: a table of the cells (sweep.md) and the report command.
 """
 from __future__ import annotations
 
