@@ -67,3 +67,29 @@ def test_memory_counts_storage_so_views_show_and_pruning_frees(tiny):
     assert state.valid_tokens() == [20, 20]
     assert memory.storage_bytes(state) == state.nbytes() == state.length * 2 * sum(
         k.shape[1] * k.shape[3] * k.element_size() * 2 for k, _ in state.layer_tensors())
+
+
+def test_versus_reference_compares_ids_outputs_and_kept_entries(tiny_model_dir, tmp_path):
+    """The side-by-side's verdict: identical, else the first differing agent and token (a stop token on one side
+    only is no difference); and the model folder the 4.57 reference reads (Qwen in the name, rope_theta)."""
+    import json
+
+    vs = _bench("versus_reference")
+    decode = str
+    ours = {"agents": [{"name": "A", "input_ids": [1, 2, 3], "kept": None},
+                       {"name": "J", "input_ids": [4, 5], "output_ids": [7, 8, 2], "kept": [0, 2]}]}
+    ref = {"agents": [{k: v for k, v in a.items() if k != "kept"} for a in ours["agents"]]}  # no kNN recorded
+    ref["agents"][1]["output_ids"] = [7, 8]
+    assert vs.compare_item(ours, ref, {2}, decode) == "identical (2 agents' input ids, 2 generated tokens)"
+    ref["agents"][1]["kept"] = [0, 2]
+    assert vs.compare_item(ours, ref, {2}, decode).endswith("kept entries at 1 compressions)")
+    ref["agents"][1]["kept"] = [0, 1]
+    assert vs.compare_item(ours, ref, {2}, decode) == "J: kept entries differ (2 / 2 kept)"
+    ref["agents"][1]["output_ids"] = [7, 9]
+    assert vs.compare_item(ours, ref, {2}, decode).startswith("J: generated token 1 differs: here '[8]'")
+    ref["agents"][0]["input_ids"] = [1, 3, 3]
+    assert vs.compare_item(ours, ref, {2}, decode) == "A: input ids differ at 1 of 3 / 3"
+    folder = vs.qwen_model_folder(str(tiny_model_dir), tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    assert folder.name.startswith("Qwen-") and config["rope_theta"] == config["rope_parameters"]["rope_theta"]
+    assert (folder / "model.safetensors").exists()
