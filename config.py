@@ -400,9 +400,10 @@ class RunConfig:
                 "temperature": self.decoding.temperature, "max_new_tokens": self.decoding.max_new_tokens}
 
     def observer_label(self) -> str:
-        """How heatmaps name the compression: 'snapkv keep 0.5, head', or '' without a policy."""
+        """How heatmaps name the compression: 'snapkv k0.5, head' (the keep ratio as run names and the report's
+        labels write it), or '' without a policy."""
         c = self.compression
-        return f"{c.kv_policy} keep {c.kv_keep:g}, {c.kv_scope}" if c.kv_policy != "none" else ""
+        return f"{c.kv_policy} {keep_text(c.kv_keep)}, {c.kv_scope}" if c.kv_policy != "none" else ""
 
 
 def keep_text(kv_keep: float) -> str:

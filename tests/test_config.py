@@ -65,7 +65,7 @@ def test_summary_settings_names_and_labels_come_from_the_config():
                                                "kv_layers", "kvcomm_alpha", "kvcomm_mu", "kvcomm_sigma", "kv_quant",
                                                "kv_quant_group"}
     assert lat.run_name().startswith("latent_mas_gsm8k_smollm2-135m_m10_snapkv-k0.5-head-original_shard1of2_")
-    assert lat.observer_label() == "snapkv keep 0.5, head" and base.observer_label() == ""
+    assert lat.observer_label() == "snapkv k0.5, head" and base.observer_label() == ""
     assert set(config.series_defaults()) == set(lat.compression_settings()) - {"kv_policy", "kv_keep"}
     assert config.series_defaults()["kv_scope"] == "shared" and config.series_defaults()["kv_min_keep"] == 5
 

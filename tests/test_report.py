@@ -264,7 +264,7 @@ QUESTIONS = ["How many apples are left if each day the team sells 3 of 17?", "Wh
 def _observed_run(tiny, run_dir: Path, items, compressor=None, steps=2):
     model, tok, dev = tiny
     w = ModelWrapper(model, tok, dev)
-    obs = Observer(run_dir, heatmaps=True, embeddings=True, label="knn-top keep 0.5, layer")
+    obs = Observer(run_dir, heatmaps=True, embeddings=True, label="knn-top k0.5, layer")
     cfg = MethodConfig(answer_type="number", max_new_tokens=4, temperature=0.0, top_p=1.0, seed=1,
                        latent_steps=steps, compressor=compressor, observer=obs)
     with torch.inference_mode():
