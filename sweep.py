@@ -38,7 +38,7 @@ import math
 import os
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,8 +64,8 @@ from registry import TASKS
 from rundir import CONFIG, SUMMARY, RunDir, RunDirError, collect, describe_diff, read_config, write_atomic
 
 LABEL = "sweep"
-# cells a sweep may have unless raised on purpose (--max_cells): every cell is checked and listed before anything
-# runs (about 1-2 ms each), and a grid this large is more often a typo (an extra axis) than a plan
+# cells a sweep may have unless raised on purpose (--max_cells): a run checks and lists every cell before anything
+# runs (about 0.4 ms each), and a grid this large is more often a typo (an extra axis) than a plan
 MAX_CELLS = 10_000
 MODEL_KEYS = ("model_name", "device", "dtype", "attn_implementation", "device_map", "max_memory", "compile")
 # settings that the uncompressed reference of --fidelity does not depend on: cells differing only in these share it
@@ -104,9 +104,12 @@ class Cell:
 class Sweep:
     file: Path
     folder: Path
-    cells: list[Cell]
+    cells: list[Cell]  # filled by plan(); a dry run lists stream(sweep) instead, cell by cell
     varied: list[str]  # the keys the file varies: they name the cells
-    duplicates: int = 0
+    duplicates: int = 0  # cells dropped for settings equal to an earlier cell's (counted as they are met)
+    size: int = 0  # grid_size: the cells before duplicates are dropped
+    grids: list[dict] = field(default_factory=list)  # per sub-grid its settings merged with the top level's, flags in
+    name_of: Callable[[dict], str] | None = None  # a cell's folder name from its settings
 
 
 # --- the file: axes, sub-grids, overrides ----------------------------------------------------------------------------
@@ -176,11 +179,20 @@ def expand(base: dict, entries: list[dict]) -> list[dict]:
     return cells
 
 
-def naming_keys(cells: list[dict]) -> list[str]:
+def naming_keys(grids: list[dict]) -> list[str]:
     """The keys whose values differ between cells (a key some cells leave out counts as differing), in the order of
-    the flags (method, model, task, ..., seed), so that reordering a file never renames its cells."""
-    return [k for k in FLAGS if k != "output_dir" and any(k in c for c in cells)
-            and len({json.dumps(c[k], default=str) if k in c else "<absent>" for c in cells}) > 1]
+    the flags (method, model, task, ..., seed), so that reordering a file never renames its cells. Read from the
+    sub-grids (`grids`: each merged with the top level), without building the cells: every value of an axis is in
+    some cell, as axes are never empty."""
+    values: dict[str, set] = {}
+    for g in grids:
+        for k, v in g.items():
+            axis = v if isinstance(v, tuple) else (v,)
+            values.setdefault(k, set()).update(json.dumps(x, default=str) for x in axis)
+    for k, vs in values.items():
+        if any(k not in g for g in grids):
+            vs.add("<absent>")
+    return [k for k in FLAGS if k != "output_dir" and len(values.get(k, ())) > 1]
 
 
 def name_part(key: str, value) -> str:
@@ -227,35 +239,108 @@ def cell_path(folder: Path, name: str) -> Path:
     return path
 
 
-def plan(path: str, overrides: dict, max_cells: int = MAX_CELLS) -> Sweep:
-    """The sweep's cells, checked, named and ordered (grouped by model), without touching the disk. A grid over
-    max_cells cells is refused before any cell is built."""
+def direct_names(grids: list[dict], keys: list[str]) -> Callable[[dict], str] | None:
+    """A cell's name from its own settings, when no two cells of `grids` can get one name (so no clash needs the
+    whole grid): every sub-grid gives the same naming keys, each key's values give distinct parts, at most one key's
+    parts hold the separator "_", and no name passes 150 characters. Then two cells differ in some key's part and
+    the parts split back apart. None otherwise (cell_names over every cell decides)."""
+    present = {tuple(k for k in keys if k in g) for g in grids}
+    if len(present) != 1:
+        return None
+    (order,) = present
+    underscored, longest = 0, len(order) - 1
+    for k in order:
+        values = {json.dumps(v, default=str): v for g in grids for v in (g[k] if isinstance(g[k], tuple) else (g[k],))}
+        parts = {name_part(k, v) for v in values.values()}
+        if len(parts) < len(values):
+            return None
+        underscored += any("_" in p for p in parts)
+        longest += max(map(len, parts))
+    if underscored > 1 or longest > 150:
+        return None
+    return lambda cell: "_".join(name_part(k, cell[k]) for k in order) or "run"
+
+
+def _digest(settings: dict) -> bytes:
+    """A short fingerprint of settings: what the duplicate checks keep per cell (a grid may hold 10^6 cells)."""
+    return hashlib.blake2b(json.dumps(settings, sort_keys=True, default=str).encode(), digest_size=16).digest()
+
+
+def ordered(grids: list[dict]) -> Iterator[dict]:
+    """Every cell's settings in the sweep's order, one at a time: grouped by model (MODEL_KEYS, the models in the
+    order the file first gives them), file order within a model (per sub-grid the cross product of its axes, first
+    axis slowest); cells given twice dropped. Equal to sorting `expand`'s cells by model, without building them all
+    first: per model only the axes' values of that model are crossed."""
+    defaults = RunConfig()
+
+    def model_of(cell: dict) -> tuple:
+        return tuple(cell[k] if k in cell else defaults.get(k) for k in MODEL_KEYS)
+
+    models = {}
+    for g in grids:  # the models in order of first appearance: the cross product of the model axes alone
+        axes = [k for k in MODEL_KEYS if isinstance(g.get(k), tuple)]
+        for combo in itertools.product(*(g[k] for k in axes)):
+            models.setdefault(model_of({**g, **dict(zip(axes, combo))}), None)
+    seen = set()
+    for m in models:
+        for g in grids:
+            axes = [k for k, v in g.items() if isinstance(v, tuple)]
+            choices = [[x for x in g[k] if k not in MODEL_KEYS or x == m[MODEL_KEYS.index(k)]] for k in axes]
+            for combo in itertools.product(*choices):
+                cell = {**g, **dict(zip(axes, combo))}
+                if model_of(cell) != m:  # a model setting this sub-grid fixes to another value
+                    break
+                key = _digest(cell)
+                if key not in seen:
+                    seen.add(key)
+                    yield cell
+
+
+def outline(path: str, overrides: dict, max_cells: int = MAX_CELLS) -> Sweep:
+    """The sweep without its cells: the file read, its size checked (a grid over max_cells cells is refused before
+    any cell is built), the naming keys and the sweep's folder. stream() then builds the cells one by one."""
     base, entries = read_sweep(path, overrides)
     as_written = read_sweep(path, {})  # names come from what the file varies, so a flag never renames a cell
-    check_size(max(grid_size(base, entries), grid_size(*as_written)), path, max_cells)
-    keys = naming_keys(expand(*as_written))
-    given_cells = expand(base, entries)
-    names = cell_names(given_cells, keys)
+    size = grid_size(base, entries)
+    check_size(max(size, grid_size(*as_written)), path, max_cells)
+    keys = naming_keys([{**as_written[0], **e} for e in as_written[1] or [{}]])
+    grids = [{**base, **e} for e in entries or [{}]]
+    name_of = direct_names(grids, keys)
+    if name_of is None:  # names that may clash: each needs every other cell's (about 25 us a cell)
+        given = expand(base, entries)
+        names = dict(zip(map(_digest, given), cell_names(given, keys)))
+        name_of = (lambda cell: names[_digest(cell)])  # noqa: E731
     folder = Path(base.get("output_dir") or Path("runs") / f"sweep_{Path(path).stem}")
+    return Sweep(Path(path), folder, [], keys, size=size, grids=grids, name_of=name_of)
+
+
+def stream(sweep: Sweep) -> Iterator[Cell]:
+    """The sweep's cells in order (grouped by model), each checked (or refused, with the reason) as it is reached;
+    cells whose settings equal an earlier cell's (a flag collapsed an axis, knn_filter spells a policy) are dropped
+    and counted in sweep.duplicates. A cell name that is no folder inside the sweep's raises ConfigError there."""
     teams: dict = {}
-    cells = [_checked(Cell(i, name, given, cell_path(folder, name)), teams) for i, (name, given) in
-             enumerate(zip(names, given_cells))]
-    # cells that end up with the same settings (a flag collapsed an axis, knn_filter spells a policy) run once
-    unique, seen, duplicates = [], set(), 0
-    for c in cells:
-        settings = {k: v for k, v in c.cfg.flat().items()
-                    if k not in ("run_dir", "output_dir", "knn_filter", "knn_strategy")}  # those spell kv_policy
-        key = json.dumps(settings, sort_keys=True, default=str) if not c.refused else c.name
-        if key in seen:
-            duplicates += 1
-            continue
-        seen.add(key)
-        unique.append(c)
-    models = list(dict.fromkeys(c.model_key for c in unique))
-    unique.sort(key=lambda c: models.index(c.model_key))  # stable: file order within a model
-    for i, c in enumerate(unique):
-        c.index = i
-    return Sweep(Path(path), folder, unique, keys, duplicates)
+    seen: set = set()
+    index = 0
+    for given in ordered(sweep.grids):
+        name = sweep.name_of(given)
+        c = _checked(Cell(index, name, given, cell_path(sweep.folder, name)), teams)
+        if not c.refused:
+            # knn_filter and knn_strategy spell kv_policy
+            key = _digest({k: v for k, v in c.cfg.flat().items()
+                           if k not in ("run_dir", "output_dir", "knn_filter", "knn_strategy")})
+            if key in seen:
+                sweep.duplicates += 1
+                continue
+            seen.add(key)
+        index += 1
+        yield c
+
+
+def plan(path: str, overrides: dict, max_cells: int = MAX_CELLS) -> Sweep:
+    """The sweep's cells, checked, named and ordered (grouped by model), without touching the disk."""
+    sweep = outline(path, overrides, max_cells)
+    sweep.cells = list(stream(sweep))
+    return sweep
 
 
 def _checked(cell: Cell, teams: dict | None = None) -> Cell:
@@ -331,43 +416,66 @@ def _model_label(key: tuple) -> str:
     return f"{key[0]}" + (f" ({extra})" if extra else "")
 
 
-def listing(sweep: Sweep, mine: list[Cell], shard: tuple[int, int] | None) -> Iterator[str]:
-    """The dry run's lines, one at a time: a cell's line is printed as soon as its folder has been looked at."""
-    cells = sweep.cells
-    refused = [c for c in cells if c.refused]
-    models = list(dict.fromkeys(c.model_key for c in cells if not c.refused))
-    yield (f"sweep {sweep.file}: {len(cells)} cells ({len(refused)} refused by the rules, skipped"
-           + (f"; {sweep.duplicates} duplicates dropped" if sweep.duplicates else "") + f") in {sweep.folder}")
+def listing(sweep: Sweep, cells: Iterable[Cell], shard: tuple[int, int] | None, tally: dict,
+            keep: bool = True) -> Iterator[str]:
+    """The sweep's lines, one at a time: a cell's line as soon as it is checked and its folder looked at (`cells`:
+    plan's list or stream(), so a dry run of a large grid starts at once). `tally` gets "cells" (all), "refused",
+    "first_refused" (its reason), "warnings" (warning -> cells) and, with `keep`, "mine" (this shard's cells; a dry
+    run keeps none, so a grid of 10^6 cells lists in little memory)."""
+    yield (f"sweep {sweep.file}: up to {sweep.size} cells (the grid before duplicates are dropped) in "
+           f"{sweep.folder}")
     if shard:
-        yield (f"cell shard {shard[0]}/{shard[1]}: cells {shard[0]}, {shard[0] + shard[1]}, ... "
-               f"({len(mine)} of {len(cells)})")
+        yield f"cell shard {shard[0]}/{shard[1]}: cells {shard[0]}, {shard[0] + shard[1]}, ..."
     yield f"{'#':>4}  {'items':>12}  {'state':<10}  folder"
-    total, unknown = 0, 0
-    for c in mine:
+    n = refused = total = unknown = n_mine = 0
+    mine, models, warned = [], {}, tally.setdefault("warnings", {})
+    for c in cells:
+        n, refused = n + 1, refused + bool(c.refused)
+        if c.refused:
+            tally.setdefault("first_refused", c.refused)
+        if shard and c.index % shard[1] != shard[0]:
+            continue
+        if keep:
+            mine.append(c)
+        n_mine += 1
         if c.refused:
             yield f"{c.index:>4}  {'-':>12}  {'refused':<10}  {c.path}: {c.refused}"
             continue
-        n, text = item_count(c.cfg)
-        total, unknown = total + (n or 0), unknown + (n is None)
+        count_warnings(warned, c, sweep.varied)
+        models[c.model_key] = models.get(c.model_key, 0) + 1
+        k, text = item_count(c.cfg)
+        total, unknown = total + (k or 0), unknown + (k is None)
         state, detail = disk_state(c)
         c.on_disk = state
         yield f"{c.index:>4}  {text:>12}  {state:<10}  {c.path}" + (f"  ({detail})" if detail else "")
+    tally.update(cells=n, refused=refused, mine=mine)
+    yield (f"{n} cells ({refused} refused by the rules, skipped"
+           + (f"; {sweep.duplicates} duplicates dropped" if sweep.duplicates else "") + ")"
+           + (f"; cell shard {shard[0]}/{shard[1]}: {n_mine} of {n}" if shard else ""))
     yield f"items over all cells: {total}" + (f" + {unknown} cells of unknown size" if unknown else "")
-    counts = {m: sum(1 for c in mine if not c.refused and c.model_key == m) for m in models}
-    yield "models, each loaded once: " + "; ".join(f"{_model_label(m)}: {k} cells" for m, k in counts.items() if k)
+    yield "models, each loaded once: " + "; ".join(f"{_model_label(m)}: {k} cells" for m, k in models.items())
+
+
+def count_warnings(seen: dict[str, int], cell: Cell, varied: list[str]) -> None:
+    """Add the cell's warnings to `seen` (warning -> cells). A sweep over methods (or tasks) sets some keys for all
+    of them on purpose, so "--latent_steps does nothing for --method baseline" is left out when it varies the
+    method."""
+    quiet = tuple(f"does nothing for --{k} " for k in ("method", "task") if k in varied)
+    for w in cell.warnings:
+        if not (quiet and any(q in w for q in quiet)):
+            seen[w] = seen.get(w, 0) + 1
+
+
+def warning_lines(seen: dict[str, int]) -> list[str]:
+    return [f"{LABEL}: warning ({n} cell{'s' if n > 1 else ''}): {w}" for w, n in seen.items()]
 
 
 def warnings_once(cells: list[Cell], varied: list[str]) -> list[str]:
-    """Each cell's warnings once, with the number of cells. A sweep over methods (or tasks) sets some keys for all of
-    them on purpose, so "--latent_steps does nothing for --method baseline" is left out when it varies the method."""
+    """Each cell's warnings once, with the number of cells (count_warnings)."""
     seen: dict[str, int] = {}
-    quiet = tuple(f"does nothing for --{k} " for k in ("method", "task") if k in varied)
     for c in cells:
-        for w in c.warnings:
-            if quiet and any(q in w for q in quiet):
-                continue
-            seen[w] = seen.get(w, 0) + 1
-    return [f"{LABEL}: warning ({n} cell{'s' if n > 1 else ''}): {w}" for w, n in seen.items()]
+        count_warnings(seen, c, varied)
+    return warning_lines(seen)
 
 
 # --- running ---------------------------------------------------------------------------------------------------------
@@ -583,22 +691,46 @@ def command(args: argparse.Namespace) -> int:
     if "run_dir" in overrides:
         raise ConfigError("--run_dir does not go with run.py sweep: each cell's folder is named by the sweep; give "
                           "--output_dir (the sweep's folder)")
-    return run_sweep(plan(args.file, overrides, args.max_cells), args.cell_shard, args.dry_run)
+    sweep = outline(args.file, overrides, args.max_cells)
+    if args.dry_run:
+        return dry_run(sweep, args.cell_shard)
+    sweep.cells = list(stream(sweep))
+    return run_sweep(sweep, args.cell_shard)
 
 
-def run_sweep(sweep: Sweep, shard: tuple[int, int] | None, dry_run: bool) -> int:
+def refused_all(first: str) -> ConfigError:
+    return ConfigError(f"every cell is refused by the rules (the first: {first}); fix the sweep file (a grid: list "
+                       "keeps such combinations apart)")
+
+
+def dry_run(sweep: Sweep, shard: tuple[int, int] | None) -> int:
+    """List the cells as they are checked (stream): the first line at once however large the grid; a cell that
+    cannot be planned ends the listing there with its error (exit 2)."""
+    tally: dict = {}
+    try:
+        for line in listing(sweep, stream(sweep), shard, tally, keep=False):
+            print(line, flush=True)
+    except BrokenPipeError:  # the reader has what it wanted (run.py sweep FILE --dry_run | head): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    for w in warning_lines(tally["warnings"]):
+        print(w, file=sys.stderr)
+    if tally["refused"] == tally["cells"]:
+        raise refused_all(tally["first_refused"])
+    print("dry run: nothing was loaded or written")
+    return 0
+
+
+def run_sweep(sweep: Sweep, shard: tuple[int, int] | None) -> int:
     cells = sweep.cells
-    mine = [c for c in cells if shard is None or c.index % shard[1] == shard[0]]
-    for line in listing(sweep, mine, shard):
-        print(line, file=sys.stderr if not dry_run else sys.stdout, flush=True)
-    for w in warnings_once(mine, sweep.varied):
+    tally: dict = {}
+    for line in listing(sweep, cells, shard, tally):
+        print(line, file=sys.stderr, flush=True)
+    mine = tally["mine"]
+    for w in warning_lines(tally["warnings"]):
         print(w, file=sys.stderr)
     if all(c.refused for c in cells):
-        raise ConfigError(f"every cell is refused by the rules (the first: {cells[0].refused}); fix the sweep file (a "
-                          "grid: list keeps such combinations apart)")
-    if dry_run:
-        print("dry run: nothing was loaded or written")
-        return 0
+        raise refused_all(cells[0].refused)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError("run.py sweep runs one process per GPU: start one sweep per GPU with --cell_shard I/N "
                           "(CUDA_VISIBLE_DEVICES=I), not under torchrun / accelerate launch")

@@ -110,10 +110,82 @@ def test_dry_run_lists_every_cell_and_writes_nothing(tmp_path, capsys, monkeypat
     # shards: each lists its own cells
     assert run.main(["sweep", str(f), "--dry_run", "--cell_shard", "1/3"]) == 0
     out = capsys.readouterr().out
-    assert "cell shard 1/3" in out and "(3 of 8)" in out
+    assert "cell shard 1/3" in out and "cell shard 1/3: 3 of 8" in out
     with pytest.raises(SystemExit):
         run.main(["sweep", str(f), "--dry_run", "--cell_shard", "3/3"])
     assert "give I/N with 0 <= I < N" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text", [
+    "method: latent_mas\nseed: [1, 2]\nmodel_name: [x/B, x/A, x/B]\nkv_policy: [knn-top, knn-top, streaming]\n"
+    "kv_keep: [0.5, 0.9]\ndtype: [float32, bfloat16]\n",  # model axes inside others, values given twice
+    "method: [latent_mas, text_mas]\nmodel_name: [x/A, x/B]\ngrid:\n  - {seed: [1, 2]}\n"
+    "  - {model_name: x/C, seed: 3}\n  - {model_name: [x/B, x/A], max_samples: [1, 2]}\n",  # other keys, models
+    "method: latent_mas\nkv_keep: [0.5, '0.5', 0.50]\nseed: [1, 2]\n",  # one value three ways
+    'method: baseline\nsplit: ["..", ".", "/", "a/b", "", "-", "/etc"]\n',  # parts that clash: hashed names
+    "method: [baseline, text_mas, latent_mas]\ntask: [gsm8k, arc_easy]\nagents: [teams/sequential.json, "
+    "teams/hierarchical.json]\n",  # two keys whose parts hold the separator
+])
+def test_cells_built_one_by_one_equal_the_whole_grid_sorted_by_model(text, tmp_path):
+    """stream() names and orders each cell from its own settings: the same cells, names and order as expanding the
+    whole grid, naming it with cell_names and sorting it by model (stable)."""
+    import itertools
+
+    from config import FLAGS, RunConfig
+
+    f = _file(tmp_path, text)
+    base, entries = sweep.read_sweep(str(f), {})
+    cells = sweep.expand(base, entries)
+    keys = [k for k in FLAGS if k != "output_dir" and any(k in c for c in cells)
+            and len({json.dumps(c[k], default=str) if k in c else "<absent>" for c in cells}) > 1]
+    names = sweep.cell_names(cells, keys)
+    model = [tuple(RunConfig().updated(c).get(k) for k in sweep.MODEL_KEYS) for c in cells]
+    order = list(dict.fromkeys(model))
+    expected = [n for _, _, n in sorted(zip(map(order.index, model), itertools.count(), names))]
+    s = sweep.plan(str(f), {})
+    assert s.varied == keys and [c.name for c in s.cells] == [n for n in expected if n in {c.name for c in s.cells}]
+    assert len(s.cells) + s.duplicates == len(cells) and [c.index for c in s.cells] == list(range(len(s.cells)))
+
+
+def test_a_dry_run_prints_each_cell_as_it_is_checked_and_stops_at_a_bad_one(tmp_path, monkeypatch, capsys):
+    """A 10^6-cell grid raised on purpose: the first lines come before any cell but the first is checked, and a cell
+    that cannot be planned (here the 2001st: its folder name refused) ends the listing there with exit 2."""
+    import io
+    import sys
+
+    from config import ConfigError
+    from tests.test_hostile_inputs import _axes
+
+    f = _file(tmp_path, f"method: latent_mas\nkv_policy: knorm\n{_axes(10, 6)}output_dir: {tmp_path / 'big'}\n")
+    events, real_checked, real_path = [], sweep._checked, sweep.cell_path
+
+    def checked(cell, teams=None):
+        events.append("check")
+        return real_checked(cell, teams)
+
+    def cell_path(folder, name):
+        if events.count("check") == 2000:
+            raise ConfigError(f"sweep: the cell name {name!r} is bad")
+        return real_path(folder, name)
+
+    class Out(io.StringIO):
+        def write(self, text):
+            events.extend(["line"] * text.count("\n"))
+            return super().write(text)
+
+    monkeypatch.setattr(sweep, "_checked", checked)
+    monkeypatch.setattr(sweep, "cell_path", cell_path)
+    monkeypatch.setattr(sweep, "expand", lambda *a: pytest.fail("the whole grid was built"))
+    monkeypatch.setattr(sys, "stdout", out := Out())
+    with pytest.raises(SystemExit) as e:
+        run.main(["sweep", str(f), "--dry_run", "--max_cells", "1000000"])
+    assert e.value.code == 2
+    # the header and the columns before any cell is checked, then each cell's line as soon as it is checked
+    assert events[:6] == ["line", "line", "check", "line", "check", "line"]
+    lines = out.getvalue().splitlines()
+    assert "up to 1000000 cells" in lines[0] and len(lines) == 2 + 2000 and events.count("check") == 2000
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "error: sweep: the cell name" in err[-1] and "is bad" in err[-1] and "Traceback" not in "".join(err)
 
 
 # --- running ---------------------------------------------------------------------------------------------------------
