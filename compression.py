@@ -286,8 +286,9 @@ class Compressor:
     """The run's compression settings (config.CompressionConfig, read by their own names) applied at hand-offs, in
     one order: token eviction (a token policy keeps kv_keep of each row's entries), then layer selection (KVComm: the
     earlier entries stay only in kv_layers of the layers; --kv_policy kvcomm alone uses kv_keep as that share), then
-    quantization (kv_quant: every entry handed on is held as int8/int4 codes; entries written after the hand-off
-    stay in the model's precision). kv_policy "none" with a kv_quant leaves only quantization."""
+    quantization (kv_quant: every entry handed on is held as int8/int4 codes, those held as codes since an earlier
+    hand-off keep theirs; entries written after the hand-off stay in the model's precision until the next one).
+    kv_policy "none" with a kv_quant leaves only quantization."""
 
     def __init__(self, settings: CompressionConfig):
         c = self.settings = settings

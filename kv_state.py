@@ -18,10 +18,11 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 import architecture
-from kvquant import Quantized, quantize
+from kvquant import Quantized, requantize
 from registry import POSITIONS
 
 PAD, PROMPT, LATENT, TEXT = 0, 1, 2, 3
@@ -35,7 +36,12 @@ class KVLayer(CacheLayerMixin):
 
     A hand-off may make a layer hold less than the state's columns: `offset` columns at the start that layer
     selection dropped from it (freed), then `quant`, columns held as integer codes (kvquant.Quantized) that are
-    dequantized for every attention call, then the columns in the model's precision (the buffers)."""
+    dequantized for every attention call, then the columns in the model's precision (the buffers).
+
+    While a later hand-off works on the entries (eviction's gather, layer selection) they are dequantized into the
+    buffers, and `source` remembers which codes of which Quantized each of the first buffer columns came from (keys
+    and values apart: re-rotation changes keys only), so that the hand-off's quantization keeps those codes and
+    quantizes only the entries written since (kvquant.requantize)."""
 
     is_sliding = False
     is_compileable = False
@@ -47,6 +53,8 @@ class KVLayer(CacheLayerMixin):
         self.capacity = capacity  # columns the first buffers get: the state's plan, when it has one
         self.offset = 0
         self.quant: Quantized | None = None
+        # (codes, k_src, v_src (B, H, S)): the first S buffer columns are those columns of `codes` dequantized (-1: not)
+        self.source: tuple[Quantized, torch.Tensor, torch.Tensor] | None = None
         self.is_initialized = False
 
     @property
@@ -87,17 +95,20 @@ class KVLayer(CacheLayerMixin):
         self._v = values.new_empty(b, h, t + headroom, values.shape[-1])
         self._k[:, :, :t].copy_(keys)
         self._v[:, :, :t].copy_(values)
-        self.length, self.quant = t, None
+        self.length, self.quant, self.source = t, None, None
         self.device, self.is_initialized = keys.device, True
+
+    def _regrow(self, room: int) -> None:
+        """New buffers with `room` columns after the filled ones; what they hold and its codes stay."""
+        quant, source = self.quant, self.source
+        self.replace(self._k[:, :, : self.length], self._v[:, :, : self.length], headroom=room)
+        self.quant, self.source = quant, source
 
     def reserve(self, columns: int) -> None:
         """Make room for the state's columns up to `columns` (one copy now instead of several later)."""
         need = columns - self.offset - self.held + self.length
         if self._k is not None and need > self._k.shape[2]:
-            fp_k, fp_v = self._k[:, :, : self.length], self._v[:, :, : self.length]
-            quant = self.quant
-            self.replace(fp_k, fp_v, headroom=need - self.length)
-            self.quant = quant
+            self._regrow(need - self.length)
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         new = key_states.shape[-2]
@@ -107,41 +118,65 @@ class KVLayer(CacheLayerMixin):
             self.replace(key_states[:, :, :0], value_states[:, :, :0], headroom=max(need, self.capacity))
             self.quant = quant
         elif need > self._k.shape[2]:  # an append nobody planned for: grow by a quarter
-            quant = self.quant
-            self.replace(self._k[:, :, : self.length], self._v[:, :, : self.length],
-                         headroom=need - self.length + max(need // 4, 64))
-            self.quant = quant
+            self._regrow(need - self.length + max(need // 4, 64))
         self._k[:, :, self.length: self.length + new].copy_(key_states)
         self._v[:, :, self.length: self.length + new].copy_(value_states)
         self.length += new
         return self.keys, self.values
 
+    def sources(self) -> tuple[Quantized | None, torch.Tensor, torch.Tensor]:
+        """(codes, k_src, v_src (B, H, held)): for each held column, its column in `codes`, or -1 where it is held in
+        the model's precision only (written since the last hand-off)."""
+        ref = self.quant.k_codes if self.quant is not None else self._k
+        (b, h), t, device = ref.shape[:2], self.held, ref.device
+        if self.quant is not None:
+            q = self.quant.length
+            src = F.pad(torch.arange(q, device=device), (0, t - q), value=-1).expand(b, h, t)
+            return self.quant, src, src
+        if self.source is not None:
+            codes, ks, vs = self.source
+            return codes, F.pad(ks, (0, t - ks.shape[2]), value=-1), F.pad(vs, (0, t - vs.shape[2]), value=-1)
+        none = torch.full((b, h, t), -1, dtype=torch.long, device=device)
+        return None, none, none
+
     def quantize(self, real: torch.Tensor, bits: int, group: int) -> None:
         """Hold every column this layer has now as codes (`real` (B, 1 or H, held) marks the entries that form key
-        groups); columns appended later stay in the model's precision."""
+        groups): columns already held as codes keep them, the others are quantized in key groups of their own;
+        columns appended later stay in the model's precision."""
+        codes, k_src, v_src = self.sources()
         keys, values = self.keys, self.values
         room = self._k.shape[2] - self.length if self._k is not None else 0
         self.replace(keys[:, :, :0], values[:, :, :0], headroom=room)
-        self.quant = quantize(keys, values, real, bits, group)
+        self.quant = requantize(codes, k_src, v_src, keys, values, real, bits, group)
 
     def materialize(self) -> None:
-        """Back to the model's precision (the dequantized values), keeping the room planned for appends."""
+        """Back to the model's precision (the dequantized values), keeping the room planned for appends and, in
+        `source`, where the codes were."""
         if self.quant is not None:
+            codes, k_src, v_src = self.sources()
             room = self._k.shape[2] - self.length if self._k is not None else 0
             self.replace(self.keys, self.values, headroom=room)
+            q = codes.length
+            self.source = (codes, k_src[..., :q], v_src[..., :q])
 
     def drop_front(self, columns: int, headroom: int) -> None:
         """Free the first `columns` held columns (layer selection): `offset` grows by as much."""
         if columns <= 0:
             return
         self.materialize()
+        source = self.source
         self.replace(self._k[:, :, columns: self.length], self._v[:, :, columns: self.length], headroom=headroom)
+        if source is not None and source[1].shape[2] > columns:
+            self.source = (source[0], source[1][..., columns:], source[2][..., columns:])
         self.offset += columns
 
     def truncate(self, state_length: int) -> None:
         """Forget the columns at and after `state_length` (only ever columns appended in the model's precision)."""
         quantized = self.quant.length if self.quant is not None else 0
         self.length = max(min(self.length, state_length - self.offset - quantized), 0)
+        if self.source is not None and self.source[1].shape[2] > self.length:
+            codes, ks, vs = self.source
+            self.source = (codes, ks[..., : self.length], vs[..., : self.length]) if self.length else None
 
     def nbytes(self) -> int:
         """Bytes of what this layer holds: its filled columns, codes and scales included."""
@@ -167,7 +202,7 @@ class KVLayer(CacheLayerMixin):
         if self._k is not None:
             other.replace(self._k[:, :, : self.length], self._v[:, :, : self.length],
                           headroom=self._k.shape[2] - self.length)
-        other.offset, other.quant = self.offset, self.quant
+        other.offset, other.quant, other.source = self.offset, self.quant, self.source
         return other
 
 
@@ -323,17 +358,22 @@ class KVState:
             self.vis = torch.cat([self.vis, self.vis.new_ones(lp, b, hp, new_len)], dim=-1)
 
     def dequantize(self) -> None:
-        """Every quantized column back in the model's precision (a hand-off works on these, then quantizes again)."""
+        """Every quantized column back in the model's precision (a hand-off works on these, then quantizes again,
+        keeping the codes of the entries that were held as codes: KVLayer.source)."""
         for layer in self._layers():
             layer.materialize()
 
     def quantize(self, bits: int, group: int) -> None:
-        """Hold every entry cached so far as codes (kvquant): each layer groups the entries it holds for a row and
-        some head sees; entries appended later stay in the model's precision."""
+        """Hold every entry cached so far as codes (kvquant): entries held as codes since an earlier hand-off keep
+        them; each layer groups the other entries it holds for a row and KV head and that head sees (after a per-head
+        selection a head's column may hold an entry only another head sees: it must not widen that head's groups);
+        entries appended later stay in the model's precision."""
         for li, layer in enumerate(self._layers()):
             if layer.held:
-                layer.materialize()
-                real = self._layer_seen(li)[:, layer.offset:][:, None, :]
+                real = (self.mask == 1)[:, None, :]
+                if self.vis is not None:
+                    real = real & self.vis[li if self.vis.shape[0] > 1 else 0].bool()
+                real = real[..., layer.offset:]
                 layer.quantize(real.to(layer._k.device if layer._k is not None else real.device), bits, group)
 
     def drop_layers(self, keep: torch.Tensor) -> None:
@@ -498,7 +538,8 @@ def select(model, state: KVState, index: torch.Tensor, keep: torch.Tensor, posit
     `positions`: "original" leaves kept keys and the next position alone (a gap where entries were dropped);
     "rerotate" turns kept keys to contiguous positions and continues after them; "shift" (the seed's behaviour)
     continues after the kept count but leaves the keys' phases stale. Quantized layers are dequantized first (the
-    caller quantizes again). After layer selection (`vis`, layer offsets) a kept entry stays unseen where it was,
+    caller quantizes again) and the kept entries' codes are remembered (KVLayer.source; a re-rotated key loses its
+    codes, its value keeps them). After layer selection (`vis`, layer offsets) a kept entry stays unseen where it was,
     and each layer holds the slots from the first one some row sees there.
     """
     if positions not in POSITIONS:
@@ -526,12 +567,17 @@ def select(model, state: KVState, index: torch.Tensor, keep: torch.Tensor, posit
             seen = vis[li].any(dim=1).any(dim=0).nonzero()
             first = int(seen[0]) if len(seen) else k
             idx = (idx[..., first:] - layer.offset).clamp_min(0)
+        codes, k_src, v_src = layer.sources()
         keys, values = _take(layer.keys, idx), _take(layer.values, idx)
+        k_src, v_src = k_src.gather(2, idx), v_src.gather(2, idx)
         if positions == "rerotate":
             delta = (new_pos[:, None, :] - old_pos[li if lp > 1 else 0])[..., first:]
             keys = architecture.rotate(model, li, keys, delta)
+            k_src = k_src.masked_fill(delta.to(k_src.device) != 0, -1)  # a moved key is quantized anew
         layer.replace(keys, values, headroom=still_to_come)
         layer.offset = first
+        if codes is not None:
+            layer.source = (codes, k_src, v_src)
     state.kinds = torch.gather(state.kinds.expand(lp, bsz, hp, -1), 3, index) * keep[None, :, None, :]
     state.mask = keep.long()
     state.vis = vis

@@ -5,6 +5,11 @@ Keys have outlier channels, so each channel gets its own scale and zero point ov
 row; values are quantized per entry, over groups of `group` channels. Key groups are counted over a row's real
 entries in cache order (padding and invisible columns belong to no group), so a row's codes and scales do not depend
 on the rows it is batched with. Scales and zero points are stored in the cache's dtype; 4-bit codes two per byte.
+
+Entries already held as codes keep them at later hand-offs (`requantize`): only entries written since are quantized,
+in key groups of their own, so an entry's dequantized value never changes once it is handed on. A key group keeps
+the scale and zero point it was formed with when some of its entries are evicted later (the survivors keep their
+codes); a group with no entry left is freed. Values are per entry: evicting one drops its codes and scales.
 Pure tensor functions: kv_state.KVLayer holds the result and dequantizes it for attention.
 """
 from __future__ import annotations
@@ -102,6 +107,52 @@ def quantize(keys: torch.Tensor, values: torch.Tensor, real: torch.Tensor, bits:
     v_scale, v_zero = _range(v.amin(dim=-1), v.amax(dim=-1), levels, dtype)
     v_codes = _codes(v, v_scale[..., None], v_zero[..., None], levels).view(b, h, t, d)
     return Quantized(bits, _pack(k_codes, bits), k_scale, k_zero, k_group, _pack(v_codes, bits), v_scale, v_zero)
+
+
+def _along(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """x[b, h, idx[b, h, t], ...] for x (B, 1 or H, T_old, ...) and idx (B, H, T)."""
+    b, h, t = idx.shape
+    x = x.expand(b, h, *x.shape[2:])
+    if x.dim() == 3:
+        return x.gather(2, idx)
+    return x.gather(2, idx[..., None].expand(b, h, t, x.shape[-1]))
+
+
+def _compact(scale: torch.Tensor, zero: torch.Tensor, k_group: torch.Tensor, real: torch.Tensor):
+    """Free the key groups no real entry refers to any more (evicted, or hidden by layer selection), renumbering the
+    rest in their order, per row and head; a row with fewer groups than another pads with unused ones."""
+    b, h, g, d = scale.shape
+    grp = torch.where(real, k_group, torch.full_like(k_group, g))  # g: a spare slot for the entries nobody reads
+    used = torch.zeros(b, h, g + 1, dtype=torch.bool, device=scale.device).scatter_(2, grp, True)[..., :g]
+    n = max(int(used.sum(dim=-1).max()), 1)
+    order = (~used).to(torch.uint8).argsort(dim=-1, stable=True)[..., :n]  # the used groups first, in order
+    renumber = (used.long().cumsum(dim=-1) - 1).clamp(0, n - 1)
+    idx = order[..., None].expand(b, h, n, d)
+    return scale.gather(2, idx), zero.gather(2, idx), renumber.gather(2, k_group)
+
+
+@torch.no_grad()
+def requantize(old: Quantized | None, k_src: torch.Tensor, v_src: torch.Tensor, keys: torch.Tensor,
+               values: torch.Tensor, real: torch.Tensor, bits: int, group: int) -> Quantized:
+    """Hold (B, H, T, d) keys and values as codes, keeping the codes of entries `old` already holds: `k_src` and
+    `v_src` (B, H, T) give each column's column in `old`, -1 for an entry in the model's precision (written since the
+    last hand-off, or a key that re-rotation moved), which is quantized now; its key groups count only such entries
+    of the row (`real` (B, 1 or H, T) marks the entries some head of the row sees)."""
+    if old is None or old.bits != bits:  # nothing held as codes (of this width): quantize everything
+        return quantize(keys, values, real, bits, group)
+    b, h, t, _ = keys.shape
+    real = real.bool().expand(b, h, t)
+    fresh_k, fresh_v = k_src < 0, v_src < 0
+    new = quantize(keys, values, real & fresh_k, bits, group)
+    ks, vs = k_src.clamp_min(0), v_src.clamp_min(0)
+    fk, fv = fresh_k[..., None], fresh_v[..., None]
+    k_codes = torch.where(fk, new.k_codes, _along(old.k_codes, ks))
+    k_group = torch.where(fresh_k, new.k_group.expand(b, h, t) + old.k_scale.shape[2], _along(old.k_group, ks))
+    k_scale, k_zero, k_group = _compact(torch.cat([old.k_scale, new.k_scale], dim=2),
+                                        torch.cat([old.k_zero, new.k_zero], dim=2), k_group, real)
+    return Quantized(bits, k_codes, k_scale, k_zero, k_group, torch.where(fv, new.v_codes, _along(old.v_codes, vs)),
+                     torch.where(fv, new.v_scale, _along(old.v_scale, vs)),
+                     torch.where(fv, new.v_zero, _along(old.v_zero, vs)))
 
 
 def held_share(bits: int, group: int, head_dim: int, itemsize: int) -> float:

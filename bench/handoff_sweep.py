@@ -7,12 +7,20 @@ group 32, so at the 50 % budget they come in under it), and compositions multipl
 runs once (the reference, as in compression_sweep.py), then every setting is scored against it.
 
     python bench/handoff_sweep.py --max_samples 20 --max_new_tokens 16 --batch 20 --out bench/results/handoff_sweep.json
+
+`--compress_at every` compresses before every agent that inherits the cache instead (budgets then compound: the
+column is not the judger's share). `--requantized` also runs every quantized setting the way hand-offs worked before
+codes were kept (every held entry dequantized and quantized again in new groups at each hand-off), labelled
+"... (requantized)", so both sit side by side on the same items:
+
+    python bench/handoff_sweep.py --compress_at every --requantized --only int8 int4 "streaming k0.8 + int8"
 """
 from __future__ import annotations
 
 import statistics
 import sys
 import time
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -21,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import items_and_config, parser, run_flags, save, setup, table  # noqa: E402
 
+import kv_state  # noqa: E402
 from compression import Compressor  # noqa: E402
 from config import CompressionConfig  # noqa: E402
 from methods import latent_mas  # noqa: E402
@@ -42,18 +51,42 @@ SETTINGS = [  # the most telling first: an interrupted sweep keeps every setting
 ]
 
 
+@contextmanager
+def requantized():
+    """Hand-offs as they were before held codes were kept: no layer remembers its codes, so each quantization
+    forms new groups over every entry it holds (kvquant.requantize with nothing held quantizes everything)."""
+    sources = kv_state.KVLayer.sources
+
+    def forget(layer):
+        _, k_src, v_src = sources(layer)
+        return None, k_src.clamp_max(-1), v_src.clamp_max(-1)
+
+    kv_state.KVLayer.sources = forget
+    try:
+        yield
+    finally:
+        kv_state.KVLayer.sources = sources
+
+
 def main() -> None:
     p = parser(__doc__)
     run_flags(p, max_samples=20, max_new_tokens=16)
     p.add_argument("--batch", type=int, default=10)
     p.add_argument("--only", nargs="*", default=None, help="labels to run (default: all)")
     p.add_argument("--out", default="bench/results/handoff_sweep.json")
+    p.add_argument("--compress_at", default="judger", choices=("judger", "every"))
+    p.add_argument("--requantized", action="store_true",
+                   help="also run each quantized setting with every held entry quantized again at each hand-off")
     p.set_defaults(seed=42)
     args = p.parse_args()
     wrapper, model, tok, dev = setup(args)
     items, info, config = items_and_config(args)
     set_seed(args.seed)
     runs = [s for s in SETTINGS if args.only is None or s[0] in args.only or s[0] == "none"]
+    if args.requantized:
+        runs = [r for label, budget, kw in runs
+                for r in [(label, budget, kw)] + ([(f"{label} (requantized)", budget, kw)]
+                                                  if kw and kw.get("kv_quant") else [])]
     rows: dict[str, list[dict]] = {label: [] for label, *_ in runs}
     t_start = time.time()
     for start in range(0, len(items), args.batch):
@@ -61,9 +94,11 @@ def main() -> None:
         with torch.inference_mode():
             ref = latent_mas.reference(wrapper, batch, config())
             for label, _, kw in runs:
-                comp = None if kw is None else Compressor(CompressionConfig(**kw, compress_at="judger"))
+                comp = None if kw is None else Compressor(CompressionConfig(**kw, compress_at=args.compress_at))
                 t_set = time.time()
-                for r in latent_mas.run_batch(wrapper, batch, config(compressor=comp), ref=ref):
+                with requantized() if label.endswith("(requantized)") else nullcontext():
+                    results = latent_mas.run_batch(wrapper, batch, config(compressor=comp), ref=ref)
+                for r in results:
                     judger = r["agents"][-1]
                     rows[label].append({"index": r["index"], "correct": r["correct"],
                                         "kv_bytes_judger": judger["kv_bytes_in"],
@@ -77,7 +112,7 @@ def main() -> None:
     summary = summarize(runs, rows)
     full = summary["none"]["kv_bytes_judger_mean"]
     print(f"\n{args.model_name} on {args.task} (first {len(items)}, {info['source']}), latent_mas, greedy, "
-          f"max_new_tokens {args.max_new_tokens}, latent_steps {args.latent_steps}, compress at the judger, "
+          f"max_new_tokens {args.max_new_tokens}, latent_steps {args.latent_steps}, compress at {args.compress_at}, "
           f"device {dev}, batch {args.batch}")
     print(table(["setting", "budget", "judger KV MiB", "share of full", "compress s/item", "agreement", "KL",
                  "same output", "accuracy (95% CI)"],
