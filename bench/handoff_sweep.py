@@ -53,19 +53,18 @@ SETTINGS = [  # the most telling first: an interrupted sweep keeps every setting
 
 @contextmanager
 def requantized():
-    """Hand-offs as they were before held codes were kept: no layer remembers its codes, so each quantization
-    forms new groups over every entry it holds (kvquant.requantize with nothing held quantizes everything)."""
-    sources = kv_state.KVLayer.sources
+    """Hand-offs as they were before held codes were kept: every quantization forms new groups over every entry the
+    layer holds (kvquant.requantize told that nothing is held as codes quantizes everything)."""
+    keep = kv_state.requantize
 
-    def forget(layer):
-        _, k_src, v_src = sources(layer)
-        return None, k_src.clamp_max(-1), v_src.clamp_max(-1)
+    def anew(codes, *args):
+        return keep(None, *args)
 
-    kv_state.KVLayer.sources = forget
+    kv_state.requantize = anew
     try:
         yield
     finally:
-        kv_state.KVLayer.sources = sources
+        kv_state.requantize = keep
 
 
 def main() -> None:
