@@ -119,7 +119,29 @@ def _strip(ids: list[int], stop: set[int]) -> list[int]:
     return ids
 
 
-def compare_item(ours: dict, ref: dict, stop: set[int], decode) -> str:
+class LogitGap:
+    """Why a generated token differs, for agents that generate from their prompt alone (baseline, text_mas): the
+    two tokens' logits after the common prefix, stepped through a cache as generate does (this harness's
+    transformers, float32). A gap near the reference's temperature makes its pick a coin flip."""
+
+    def __init__(self, model_dir: Path):
+        self.model_dir, self.model = model_dir, None
+
+    def __call__(self, prompt: list[int], prefix: list[int], here: int, there: int) -> tuple[float, float]:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        if self.model is None:
+            self.model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32).eval()
+        with torch.no_grad():
+            out = self.model(torch.tensor([prompt]), use_cache=True)
+            for t in prefix:
+                out = self.model(torch.tensor([[t]]), past_key_values=out.past_key_values, use_cache=True)
+        logits = out.logits[0, -1]
+        return logits[here].item(), logits[there].item()
+
+
+def compare_item(ours: dict, ref: dict, stop: set[int], decode, gap=None, temperature: float = 0.0) -> str:
     if len(ours["agents"]) != len(ref["agents"]):
         return f"{len(ours['agents'])} agents here, {len(ref['agents'])} in the reference"
     for o, r in zip(ours["agents"], ref["agents"]):
@@ -133,8 +155,13 @@ def compare_item(ours: dict, ref: dict, stop: set[int], decode) -> str:
                 j = next((j for j, (p, q) in enumerate(zip(x, y)) if p != q), min(len(x), len(y)))
                 here = decode(x[j:j + 1]) if j < len(x) else "(end)"
                 there = decode(y[j:j + 1]) if j < len(y) else "(end)"
+                why = ""
+                if gap is not None and j < len(x) and j < len(y):
+                    a, b = gap(o["input_ids"], x[:j], x[j], y[j])
+                    why = (f"; logits {a:.6f} / {b:.6f}, a gap of {a - b:.1e} against the reference's sampling "
+                           f"temperature {temperature:g}")
                 return (f"{o['name']}: generated token {j} differs: here {here!r}, reference {there!r} "
-                        f"({len(x)} / {len(y)} tokens)")
+                        f"({len(x)} / {len(y)} tokens{why})")
     n_out = sum(len(_strip(o.get("output_ids") or [], stop)) for o in ours["agents"])
     kept = [(o.get("kept"), r["kept"]) for o, r in zip(ours["agents"], ref["agents"]) if "kept" in r]
     for (x, y), o in zip(kept, ours["agents"][len(ours["agents"]) - len(kept):]):
@@ -191,7 +218,7 @@ def main() -> None:
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     stop = {t for t in (tok.eos_token_id, tok.pad_token_id) if t is not None}
-    rows = []
+    rows, gap = [], LogitGap(model_dir)
     for label in labels:
         run_dir = run_ours(a, label, teams)
         ours = sorted((json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines() if line),
@@ -200,7 +227,8 @@ def main() -> None:
         for r in ours:
             ref = json.loads((folder / f"{r['index']}.json").read_text())
             rows.append({"method": label, "task": a.task, "item": r["index"],
-                         "result": compare_item(r, ref, stop, tok.decode)})
+                         "result": compare_item(r, ref, stop, tok.decode, None if METHODS[label][0] == "latent_mas"
+                                                else gap, a.ref_temperature)})
             print(f"{label} {a.task} item {r['index']}: {rows[-1]['result']}", flush=True)
     (a.out / f"compare_{a.task}.json").write_text(json.dumps(rows, indent=1))
     print(f"\n| method | {a.task} item | result |\n|---|---|---|")

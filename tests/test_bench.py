@@ -87,6 +87,10 @@ def test_versus_reference_compares_ids_outputs_and_kept_entries(tiny_model_dir, 
     assert vs.compare_item(ours, ref, {2}, decode) == "J: kept entries differ (2 / 2 kept)"
     ref["agents"][1]["output_ids"] = [7, 9]
     assert vs.compare_item(ours, ref, {2}, decode).startswith("J: generated token 1 differs: here '[8]'")
+    seen = []
+    why = vs.compare_item(ours, ref, {2}, decode, lambda *x: seen.append(x) or (3.5, 3.25), 1e-5)
+    assert seen == [([4, 5], [7], 8, 9)] and why.endswith("a gap of 2.5e-01 against the reference's sampling "
+                                                         "temperature 1e-05)")
     ref["agents"][0]["input_ids"] = [1, 3, 3]
     assert vs.compare_item(ours, ref, {2}, decode) == "A: input ids differ at 1 of 3 / 3"
     folder = vs.qwen_model_folder(str(tiny_model_dir), tmp_path)
