@@ -13,7 +13,8 @@ and hands it to the reference's methods as its run.py does (--custom_prompt_file
 
 What the reference side needs (docs/reproduce.md, section 6): a model folder whose name contains "Qwen" and whose
 config.json holds `rope_theta` (4.57 ignores transformers 5's `rope_parameters`): the script builds one under OUT
-from the embedded model's cached folder. The reference always samples: it runs at `--ref_temperature` (1e-5).
+from the embedded model's cached folder. The reference always samples: it runs at `--ref_temperature` (1e-7; at
+1e-5 a near tie, two logits 2e-6 apart, was once a coin flip there).
 Batch size 1 on both sides. Work already done under OUT is kept (this harness's runs continue with --run_dir, the
 reference's items are one file each), so an interrupted comparison continues with the same command.
 
@@ -186,7 +187,8 @@ def main() -> None:
     p.add_argument("--max_new_tokens", type=int, default=48)
     p.add_argument("--latent_steps", type=int, default=10)
     p.add_argument("--knn_keep", type=float, default=0.6)
-    p.add_argument("--ref_temperature", type=float, default=1e-5, help="the reference always samples")
+    p.add_argument("--ref_temperature", type=float, default=1e-7,
+                   help="the reference always samples: two logits closer than about this are a coin flip there")
     p.add_argument("--prompt_file", type=Path, help="the reference's --custom_prompt_file (Science-LatentMAS)")
     # the reference side (run by --ref_python)
     p.add_argument("--ref_side", action="store_true", help=argparse.SUPPRESS)
